@@ -1,0 +1,103 @@
+"""The wire format: msgpack messages, each a map with a type tag ``t`` and a version ``v``.
+
+Messages (version 1):
+
+``changes``   reader -> partition. ``side``, ``from``/``to`` (the change-sequence range the batch
+              covers, exclusive/inclusive), ``snap`` (rows come from the initial snapshot),
+              ``final`` (the snapshot's last message), ``errors`` (source rows that cannot be
+              synced: ``[seq, field, message, row]``) and ``rows``:
+              ``[seq, op, key, ts, old, new]`` where ``op`` is ``"I"``, ``"U"`` or ``"D"``,
+              ``key`` the canonical key list, ``ts`` an HLC ``[wall_ms, counter, origin]`` and
+              ``old``/``new`` value lists in canonical field order (or nil).
+``writes``    partition -> writer. ``rows``: ``[op, key, {field_index: value}]``.
+``result``    writer -> partition. ``position`` (where the write landed in the side's change
+              log) and ``errors``: ``[row_index, field_index or nil, message]``.
+``record``    a partition's persisted record state (see `engine.pipeline`).
+
+Values are msgpack's own types (nil, bool, int, float, str, bytes, lists, maps).
+`UNSEEN` (a value the engine has not observed) travels as ext type 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from engine.errors import CodecError
+
+__all__ = ["UNSEEN", "VERSION", "decode", "encode"]
+
+VERSION = 1
+_UNSEEN_EXT = 1
+
+
+class _Unseen:
+    """The value of a field the engine has not observed on a side."""
+
+    _instance: _Unseen | None = None
+
+    def __new__(cls) -> _Unseen:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSEEN"
+
+    def __reduce__(self) -> Any:
+        return (_Unseen, ())
+
+
+UNSEEN: Any = _Unseen()
+
+
+def _default(obj: Any) -> Any:
+    if obj is UNSEEN:
+        return msgpack.ExtType(_UNSEEN_EXT, b"")
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} value {obj!r}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _UNSEEN_EXT:
+        return UNSEEN
+    raise CodecError(f"unknown msgpack ext type {code} (expected {_UNSEEN_EXT})")
+
+
+def encode(kind: str, **body: Any) -> bytes:
+    """Encode one message of type ``kind``."""
+    body["t"] = kind
+    body["v"] = VERSION
+    try:
+        return msgpack.packb(body, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode a {kind!r} message: {exc}") from exc
+
+
+def pack(value: Any) -> bytes:
+    """Encode a bare value (no type tag): record keys, stored payloads."""
+    return msgpack.packb(value, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def decode(data: bytes, kind: str) -> dict[str, Any]:
+    """Decode a message that must be of type ``kind`` and version `VERSION`."""
+    try:
+        body = unpack(data)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CodecError(
+            f"expected a msgpack {kind!r} message, found undecodable bytes: {exc}"
+        ) from None
+    if not isinstance(body, dict):
+        raise CodecError(f"expected a {kind!r} message (a map), found {type(body).__name__}")
+    found, version = body.get("t"), body.get("v")
+    if found != kind or version != VERSION:
+        raise CodecError(
+            f"expected a {kind!r} message version {VERSION}, found {found!r} version {version!r}"
+        )
+    return body
