@@ -1,0 +1,53 @@
+"""Application connectors, one module each, chosen by URL scheme.
+
+Every connector implements `engine.connectors.base.Connector` and depends only on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from engine.connectors.base import (
+    Capture,
+    Column,
+    Connector,
+    EntitySchema,
+    RawChange,
+    WriteFailure,
+    WriteOp,
+    WriteResult,
+)
+from engine.errors import AppError
+
+__all__ = [
+    "Capture",
+    "Column",
+    "Connector",
+    "EntitySchema",
+    "RawChange",
+    "WriteFailure",
+    "WriteOp",
+    "WriteResult",
+    "connector_class",
+    "open_connector",
+]
+
+# scheme -> "module:Class"; modules are imported only when an app uses them.
+REGISTRY: dict[str, str] = {
+    "sqlite": "engine.connectors.sqlite:SqliteConnector",
+}
+
+
+def connector_class(app: str, url: str) -> type[Connector]:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    target = REGISTRY.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(REGISTRY))
+        raise AppError(app, f"no connector for URL {url!r} (supported: {known})")
+    module, _, name = target.partition(":")
+    cls: type[Connector] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def open_connector(app: str, url: str) -> Connector:
+    return connector_class(app, url)(app, url)

@@ -1,0 +1,432 @@
+"""SQLite connector: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+Change capture: per captured entity, three triggers write every insert, update and delete
+into a change table ``_ds_log_<capture>`` (an AUTOINCREMENT sequence, so a sequence number is
+never reused; the commit time in ms; the old and new values of the captured columns, one
+table column each, so values keep their SQLite types). Updates that change none of the
+captured columns are not logged.
+
+Echo suppression: the engine's write transaction sets a flag in the table ``_ds_session``
+(one row per capture) and resets it before commit, so other connections only ever see it
+unset. The triggers log nothing while it is set: our own writes never come back as changes.
+Inside that transaction, which holds SQLite's write lock, the writer reads the change log's
+last sequence: every change up to it committed before our write and every later one after,
+which tells the engine exactly where its write landed in the application's history.
+
+The database is put in WAL mode so other programs keep reading and writing while the engine
+runs; every connection waits up to ``busy_timeout`` for the write lock.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.connectors.base import (
+    Capture,
+    Column,
+    Connector,
+    EntitySchema,
+    RawChange,
+    WriteFailure,
+    WriteOp,
+    WriteResult,
+)
+from engine.errors import AppError, ConnectorError
+
+__all__ = ["SqliteConnector", "sqlite_path"]
+
+SESSION = "_ds_session"
+BUSY_TIMEOUT_MS = 10_000
+POLL_INTERVAL = 0.004  # seconds between looks at the change table while waiting
+NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+
+
+def q(name: str) -> str:
+    """Quote an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///...`` URL (relative paths stay relative)."""
+    if not url.startswith("sqlite:///"):
+        raise AppError(None, f"expected a URL like sqlite:///path/to/file.db, found {url!r}")
+    path = url[len("sqlite:///") :]
+    if not path or path == ":memory:":
+        raise AppError(None, f"{url!r} names no database file (in-memory databases can't sync)")
+    return Path(path)
+
+
+def log_table(capture: Capture) -> str:
+    return f"_ds_log_{capture.name}"
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    con = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode.lower() != "wal":
+        con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA synchronous = NORMAL")
+    return con
+
+
+# Errors that concern one record (a constraint, a value the column refuses), not the batch.
+ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+)
+
+_COLUMN_IN_ERROR = (
+    re.compile(r"constraint failed: [^.\s]+\.([^\s,]+)"),
+    re.compile(r"column [^.\s]+\.([^\s,]+)"),
+)
+
+
+class SqliteConnector(Connector):
+    schemes = ("sqlite",)
+
+    def __init__(self, app: str, url: str) -> None:
+        super().__init__(app, url)
+        try:
+            self.path = sqlite_path(url)
+        except AppError as exc:
+            raise AppError(app, exc.problem) from None
+        if not self.path.parent.exists():
+            raise AppError(app, f"directory {self.path.parent} of {url!r} does not exist")
+        self._lock = threading.RLock()
+        self._con = self._guard(None, "open", lambda: connect(self.path))
+        self._data_version = -1
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _guard(self, entity: str | None, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise ConnectorError(self.app, entity, f"{what} failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    # -- schema --------------------------------------------------------------------------
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        def run() -> EntitySchema | None:
+            con = self._con
+            rows = con.execute(f"PRAGMA table_info({q(entity)})").fetchall()
+            if not rows:
+                return None
+            columns = {
+                name: Column(name, ctype or "", not notnull or bool(pk), dflt is not None)
+                for _cid, name, ctype, notnull, dflt, pk in rows
+            }
+            unique: list[tuple[str, ...]] = []
+            pk = tuple(r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5]))
+            if pk:
+                unique.append(pk)
+            for _seq, index, is_unique, _origin, partial in con.execute(
+                f"PRAGMA index_list({q(entity)})"
+            ):
+                if is_unique and not partial:
+                    cols = tuple(r[2] for r in con.execute(f"PRAGMA index_info({q(index)})"))
+                    if cols and cols not in unique:
+                        unique.append(cols)
+            return EntitySchema(entity, columns, tuple(unique))
+
+        with self._lock:
+            return self._guard(entity, "describe", run)  # type: ignore[no-any-return]
+
+    # -- capture -------------------------------------------------------------------------
+
+    def prepare(self, capture: Capture) -> None:
+        log = log_table(capture)
+        entity = capture.entity
+        ours = f"(SELECT writing FROM {SESSION} WHERE name = '{capture.name}') = 0"
+        cols = capture.columns
+        changed = " OR ".join(f"OLD.{q(c)} IS NOT NEW.{q(c)}" for c in cols)
+
+        def trigger(
+            name: str, event: str, when: str, op: str, values: list[tuple[str, str]]
+        ) -> str:
+            targets = ", ".join(t for t, _ in values)
+            exprs = ", ".join(v for _, v in values)
+            return (
+                f"CREATE TRIGGER {q(f'_ds_{capture.name}_{name}')} AFTER {event} ON {q(entity)}"
+                f" WHEN {when} BEGIN INSERT INTO {q(log)} (op, at_ms, {targets}) "
+                f"VALUES ('{op}', {NOW_MS}, {exprs}); END"
+            )
+
+        new_image = [(q("n:" + c), f"NEW.{q(c)}") for c in cols]
+        old_image = [(q("o:" + c), f"OLD.{q(c)}") for c in cols]
+        triggers = [
+            trigger("insert", "INSERT", ours, "I", new_image),
+            trigger("update", "UPDATE", f"{ours} AND ({changed})", "U", old_image + new_image),
+            trigger("delete", "DELETE", ours, "D", old_image),
+        ]
+
+        def run() -> None:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SESSION} "
+                    "(name TEXT PRIMARY KEY, writing INTEGER NOT NULL DEFAULT 0)"
+                )
+                con.execute(
+                    f"INSERT OR IGNORE INTO {SESSION} (name, writing) VALUES (?, 0)",
+                    (capture.name,),
+                )
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {q(log)} (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                    " op TEXT NOT NULL, at_ms INTEGER NOT NULL)"
+                )
+                have = {r[1] for r in con.execute(f"PRAGMA table_info({q(log)})")}
+                for col in cols:
+                    for prefix in ("o:", "n:"):
+                        if prefix + col not in have:
+                            con.execute(f"ALTER TABLE {q(log)} ADD COLUMN {q(prefix + col)}")
+                self._drop_triggers(con, capture)
+                for sql in triggers:
+                    con.execute(sql)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            self._guard(entity, "installing change capture", run)
+
+    @staticmethod
+    def _drop_triggers(con: sqlite3.Connection, capture: Capture) -> None:
+        prefix = f"_ds_{capture.name}_"
+        for (name,) in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+            (len(prefix), prefix),
+        ).fetchall():
+            con.execute(f"DROP TRIGGER {q(name)}")
+
+    def release(self, capture: Capture) -> None:
+        def run() -> None:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            self._drop_triggers(con, capture)
+            con.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
+            if con.execute(f"SELECT 1 FROM sqlite_master WHERE name = '{SESSION}'").fetchone():
+                con.execute(f"DELETE FROM {SESSION} WHERE name = ?", (capture.name,))
+            con.execute("COMMIT")
+
+        with self._lock:
+            self._guard(capture.entity, "removing change capture", run)
+
+    def head(self, capture: Capture) -> int:
+        with self._lock:
+            return self._guard(
+                capture.entity,
+                "reading the change head",
+                lambda: _head(  # type: ignore[no-any-return]
+                    self._con, capture
+                ),
+            )
+
+    def snapshot(self, capture: Capture, chunk: int) -> tuple[int, Iterator[list[tuple[Any, ...]]]]:
+        # A connection of its own, so one read transaction spans the head and every chunk
+        # without holding the connector's lock while the caller ships the chunks.
+        con = self._guard(capture.entity, "snapshot", lambda: connect(self.path))
+        cols = ", ".join(q(c) for c in capture.columns)
+        order = ", ".join(q(c) for c in capture.key)
+        try:
+            con.execute("BEGIN")
+            head = _head(con, capture)
+            cursor = con.execute(f"SELECT {cols} FROM {q(capture.entity)} ORDER BY {order}")
+        except sqlite3.Error as exc:
+            con.close()
+            raise ConnectorError(self.app, capture.entity, f"snapshot failed: {exc}") from exc
+
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
+            try:
+                while rows := cursor.fetchmany(chunk):
+                    yield rows
+            except sqlite3.Error as exc:
+                raise ConnectorError(self.app, capture.entity, f"snapshot failed: {exc}") from exc
+            finally:
+                con.close()
+
+        return head, chunks()
+
+    def read_changes(self, capture: Capture, after: int, limit: int) -> list[RawChange]:
+        n = len(capture.columns)
+        cols = ", ".join(
+            [q("o:" + c) for c in capture.columns] + [q("n:" + c) for c in capture.columns]
+        )
+        sql = (
+            f"SELECT seq, op, at_ms, {cols} FROM {q(log_table(capture))} "
+            "WHERE seq > ? ORDER BY seq LIMIT ?"
+        )
+
+        def run() -> list[RawChange]:
+            rows = self._con.execute(sql, (after, limit)).fetchall()
+            out = []
+            for row in rows:
+                op = row[1]
+                out.append(
+                    RawChange(
+                        row[0],
+                        op,
+                        row[2],
+                        None if op == "I" else row[3 : 3 + n],
+                        None if op == "D" else row[3 + n :],
+                    )
+                )
+            return out
+
+        with self._lock:
+            return self._guard(capture.entity, "reading changes", run)  # type: ignore[no-any-return]
+
+    def wait_for_changes(self, capture: Capture, after: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                version = self._guard(
+                    capture.entity,
+                    "polling",
+                    lambda: self._con.execute("PRAGMA data_version").fetchone()[0],
+                )
+                if version != self._data_version:
+                    self._data_version = version
+                    if (
+                        self._guard(capture.entity, "polling", lambda: _head(self._con, capture))
+                        > after
+                    ):
+                        return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def ack(self, capture: Capture, upto: int) -> None:
+        sql = f"DELETE FROM {q(log_table(capture))} WHERE seq <= ?"
+        with self._lock:
+            self._guard(
+                capture.entity, "trimming the change table", lambda: self._con.execute(sql, (upto,))
+            )
+
+    # -- writes --------------------------------------------------------------------------
+
+    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+        groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+        for i, op in enumerate(ops):
+            cols = () if op.op == "D" else tuple(sorted(op.values))
+            groups.setdefault((op.op, cols), []).append(i)
+        statements = [
+            (
+                self._write_sql(capture, kind, cols),
+                indexes,
+                [self._params(capture, kind, cols, ops[i]) for i in indexes],
+            )
+            for (kind, cols), indexes in groups.items()
+        ]
+        failures: list[WriteFailure] = []
+        position = 0
+
+        def run(one_by_one: bool) -> None:
+            nonlocal position
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                # We hold the write lock from here to COMMIT: the log's last sequence now is
+                # exactly where our write lands in the application's history.
+                position = _head(con, capture)
+                con.execute(f"UPDATE {SESSION} SET writing = 1 WHERE name = ?", (capture.name,))
+                for sql, indexes, params in statements:
+                    if not one_by_one:
+                        con.executemany(sql, params)
+                        continue
+                    for index, row in zip(indexes, params, strict=True):
+                        try:
+                            con.execute(sql, row)
+                        except ROW_ERRORS as exc:
+                            # SQLite undid just this statement; the transaction goes on.
+                            failures.append(
+                                WriteFailure(index, _column_of(str(exc), capture), str(exc))
+                            )
+                con.execute(f"UPDATE {SESSION} SET writing = 0 WHERE name = ?", (capture.name,))
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            try:
+                run(one_by_one=False)
+            except ROW_ERRORS:
+                # NOTE: only when a record is refused: redo the batch record by record, so
+                # the refused ones are named and the rest is written.
+                self._guard(capture.entity, "writing a batch", lambda: run(one_by_one=True))
+            except sqlite3.Error as exc:
+                raise ConnectorError(
+                    self.app, capture.entity, f"writing a batch failed: {exc}"
+                ) from exc
+        return WriteResult(failures, position)
+
+    def _write_sql(self, capture: Capture, kind: str, cols: tuple[int, ...]) -> str:
+        table = q(capture.entity)
+        where = " AND ".join(f"{q(k)} = ?" for k in capture.key)
+        if kind == "D":
+            return f"DELETE FROM {table} WHERE {where}"
+        names = [capture.columns[i] for i in cols]
+        if kind == "U":
+            sets = ", ".join(f"{q(c)} = ?" for c in names)
+            return f"UPDATE {table} SET {sets} WHERE {where}"
+        keys = list(capture.key)
+        insert_cols = keys + [c for c in names if c not in capture.key]
+        updates = [c for c in names if c not in capture.key]
+        action = (
+            "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in updates)
+            if updates
+            else "DO NOTHING"
+        )
+        return (
+            f"INSERT INTO {table} ({', '.join(q(c) for c in insert_cols)}) "
+            f"VALUES ({', '.join('?' for _ in insert_cols)}) "
+            f"ON CONFLICT ({', '.join(q(k) for k in keys)}) {action}"
+        )
+
+    @staticmethod
+    def _params(capture: Capture, kind: str, cols: tuple[int, ...], op: WriteOp) -> tuple[Any, ...]:
+        if kind == "D":
+            return op.key
+        if kind == "U":
+            return (*(op.values[i] for i in cols), *op.key)
+        key_names = capture.key
+        rest = [op.values[i] for i in cols if capture.columns[i] not in key_names]
+        return (*op.key, *rest)
+
+
+def _head(con: sqlite3.Connection, capture: Capture) -> int:
+    row = con.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = ?", (log_table(capture),)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _column_of(message: str, capture: Capture) -> str | None:
+    for pattern in _COLUMN_IN_ERROR:
+        m = pattern.search(message)
+        if m and m.group(1) in capture.columns:
+            return m.group(1)
+    for col in capture.columns:
+        if re.search(rf"\b{re.escape(col)}\b", message):
+            return col
+    return None
