@@ -1,0 +1,326 @@
+"""Coordinator actor: the map registry, the partition assignment and each map's mode.
+
+It owns, per map, the pipeline of actors (a writer and a reader per side, and the partitions
+in between) and persists what it was asked to run in the registry, so that a restarted
+coordinator rebuilds the same pipelines. A background loop reconciles: it compares each
+reader's reported mode with the wanted one and corrects it, step by step; a failing step is
+recorded and retried on the next round, never stopping the loop.
+
+Every state-changing call is idempotent: submitting the same map twice, playing a map that
+plays, or pausing a paused one changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors import ray_api
+from conflict import Resolver, resolver
+from engine.connectors import connector_class, open_connector
+from engine.errors import AppError, EngineError, MapError, WorkerLost
+from engine.ids import Mode, Side, check_name
+from engine.maps import EntityMap, check_schema
+from engine.pipeline import partition_of
+from engine.store import Registry
+
+RECONCILE_EVERY_S = 0.5
+STATUS_TIMEOUT_S = 20.0
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Pipeline:
+    spec: dict[str, Any]
+    emap: EntityMap
+    mode: Mode
+    writers: list[Any]
+    partitions: list[Any]
+    readers: list[Any]
+    problems: list[str] = field(default_factory=list)
+
+    def actors(self) -> list[Any]:
+        return [*self.readers, *self.partitions, *self.writers]
+
+
+class Coordinator:
+    def __init__(
+        self,
+        state_dir: str,
+        options: dict[str, Any] | None = None,
+        resolvers: dict[str, Resolver] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.options = dict(options or {})
+        self.resolvers: dict[str, Resolver] = dict(resolvers or {})
+        self.registry = Registry(self.state_dir / "engine.sqlite")
+        self.pipelines: dict[str, Pipeline] = {}
+        self.loop_errors: list[str] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        for name, (spec, mode) in self.registry.maps().items():
+            try:
+                self._build(name, spec, Mode(mode))
+            except Exception as exc:  # NOTE: one bad map must not keep the others down.
+                self.loop_errors.append(f"restoring map {name!r}: {exc}")
+        self._thread = threading.Thread(target=self._reconcile_loop, daemon=True)
+        self._thread.start()
+
+    def ready(self) -> bool:
+        return True
+
+    # -- registry ------------------------------------------------------------------------
+
+    def add_app(self, name: str, url: str) -> None:
+        problem = check_name("app", name)
+        if problem:
+            raise AppError(name, problem)
+        connector_class(name, url)  # refuses an unknown scheme
+        with self._lock:
+            self.registry.put_app(name, url)
+
+    def apps(self) -> dict[str, str]:
+        return self.registry.apps()
+
+    def add_resolver(self, name: str, fn: Resolver) -> None:
+        self.resolvers[name] = fn
+
+    def submit_map(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Validate a map against the apps and their schemas, then (re)build its pipeline."""
+        emap = EntityMap.model_validate(spec)
+        apps = self.registry.apps()
+        emap.check_apps(apps)
+        if emap.conflict.policy == "custom":
+            name = emap.conflict.resolver
+            assert name is not None
+            if name not in self.resolvers:
+                try:
+                    resolver(name)
+                except LookupError as exc:
+                    raise MapError(emap.name, "conflict.resolver", str(exc)) from None
+        for side in Side:
+            spec_side = emap.side(side)
+            connector = open_connector(spec_side.app, apps[spec_side.app])
+            try:
+                check_schema(emap, side, connector.describe(spec_side.entity))
+                connector.prepare(emap.compile(self.resolvers).capture(side))
+            finally:
+                connector.close()
+        spec = emap.model_dump(mode="json")
+        with self._lock:
+            known = self.registry.maps().get(emap.name)
+            if known is not None and known[0] == spec and emap.name in self.pipelines:
+                return spec
+            mode = Mode(known[1]) if known else Mode.PAUSE
+            self.registry.put_map(emap.name, spec, mode.value)
+            if emap.name in self.pipelines:
+                self._teardown(self.pipelines.pop(emap.name))
+            pipeline = self._build(emap.name, spec, mode)
+        ray_api.wait_ready(
+            [ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S
+        )
+        return spec
+
+    def set_mode(self, name: str, mode: str) -> str:
+        wanted = Mode(mode)
+        with self._lock:
+            pipeline = self._pipeline(name)
+            pipeline.mode = wanted
+            self.registry.set_mode(name, wanted.value)
+            readers = list(pipeline.readers)
+        ray_api.get(
+            [ray_api.call(r, "set_mode", wanted.value) for r in readers], timeout=STATUS_TIMEOUT_S
+        )
+        return wanted.value
+
+    def maps(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: p.spec for name, p in self.pipelines.items()}
+
+    # -- observation ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            pipelines = dict(self.pipelines)
+        out: dict[str, Any] = {}
+        for name, p in pipelines.items():
+            readers = self._gather(p.readers, "status")
+            parts = self._gather(p.partitions, "status")
+            writers = self._gather(p.writers, "status")
+            sides = {}
+            for side in Side:
+                r = readers[side] or {}
+                head, pos = r.get("head"), r.get("read_pos")
+                sides[side.label] = {
+                    "app": p.emap.side(side).app,
+                    "entity": p.emap.side(side).entity,
+                    "reader": r or "unavailable",
+                    "writer": writers[side] or "unavailable",
+                    "lag": head - pos if isinstance(head, int) and isinstance(pos, int) else None,
+                    "changes": sum(s["changes"][side] for s in parts if s),
+                    "writes": sum(s["writes"][side] for s in parts if s),
+                }
+            out[name] = {
+                "mode": p.mode.value,
+                "partitions": len(p.partitions),
+                "records": sum(s["records"] for s in parts if s),
+                "conflicts": sum(s["conflicts"] for s in parts if s),
+                "errors": sum(s["errors"] for s in parts if s),
+                "sides": sides,
+                "unavailable": sum(1 for s in [*readers, *parts, *writers] if s is None),
+                "problems": list(p.problems[-5:]),
+            }
+        return out
+
+    def idle(self, names: list[str] | None = None) -> bool:
+        """True when every playing map (of ``names``) has nothing left to sync.
+
+        Two looks at the readers: all idle, and all idle again after each has polled once
+        more, with unchanged read positions. Nothing was in flight at the first look, so
+        anything written since would have been found by the second.
+        """
+        with self._lock:
+            chosen = [
+                p
+                for n, p in self.pipelines.items()
+                if (names is None or n in names) and p.mode is Mode.PLAY
+            ]
+            missing = [n for n in (names or []) if n not in self.pipelines]
+        if missing:
+            raise MapError(missing[0], None, "no such map")
+        readers = [r for p in chosen for r in p.readers]
+        if not readers:
+            return True
+        first = self._gather(readers, "status")
+        if not all(s and s["idle"] and s["head"] == s["read_pos"] for s in first):
+            return False
+        deadline = threading.Event()
+        for _ in range(100):
+            second = self._gather(readers, "status")
+            if not all(s and s["idle"] for s in second):
+                return False
+            if all(b["polls"] > a["polls"] for a, b in zip(first, second, strict=True)):
+                return all(
+                    a["read_pos"] == b["read_pos"] and b["head"] == b["read_pos"]
+                    for a, b in zip(first, second, strict=True)
+                )
+            deadline.wait(0.01)
+        return False
+
+    def conflicts(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return self._log(name, "conflicts", limit)
+
+    def errors(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return self._log(name, "errors", limit)
+
+    def record(self, name: str, key: list[Any]) -> dict[str, Any] | None:
+        with self._lock:
+            p = self._pipeline(name)
+        owner = p.partitions[partition_of(key, len(p.partitions))]
+        return ray_api.get(ray_api.call(owner, "record", key), timeout=STATUS_TIMEOUT_S)  # type: ignore[no-any-return]
+
+    def partitions(self, name: str) -> list[Any]:
+        with self._lock:
+            return list(self._pipeline(name).partitions)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for pipeline in self.pipelines.values():
+                self._teardown(pipeline)
+            self.pipelines.clear()
+        self._thread.join(timeout=5)
+        self.registry.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _pipeline(self, name: str) -> Pipeline:
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self.pipelines)) or "none submitted"
+            raise MapError(name, None, f"no such map (known: {known})")
+        return pipeline
+
+    def _build(self, name: str, spec: dict[str, Any], mode: Mode) -> Pipeline:
+        emap = EntityMap.model_validate(spec)
+        apps = self.registry.apps()
+        urls = [apps[emap.left.app], apps[emap.right.app]]
+        count = emap.partitions or int(self.options.get("partitions", 2))
+        folder = self.state_dir / "maps" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        writers = [ray_api.create("writer", spec, int(side), urls[side]) for side in Side]
+        partitions = [
+            ray_api.create(
+                "partition",
+                spec,
+                i,
+                str(folder / f"partition-{i}.sqlite"),
+                writers,
+                self.resolvers,
+                self.options,
+            )
+            for i in range(count)
+        ]
+        readers = [
+            ray_api.create("reader", spec, int(side), urls[side], partitions, self.options)
+            for side in Side
+        ]
+        pipeline = Pipeline(spec, emap, mode, writers, partitions, readers)
+        self.pipelines[name] = pipeline
+        if mode is Mode.PLAY:
+            for reader in readers:
+                ray_api.call(reader, "set_mode", mode.value)
+        return pipeline
+
+    def _teardown(self, pipeline: Pipeline) -> None:
+        try:
+            ray_api.get([ray_api.call(r, "stop") for r in pipeline.readers], timeout=15)
+        except EngineError:
+            pass  # NOTE: a reader that cannot stop cleanly is killed below all the same.
+        for actor in pipeline.actors():
+            ray_api.kill(actor)
+
+    def _gather(self, actors: list[Any], method: str) -> list[Any]:
+        refs = [ray_api.call(a, method) for a in actors]
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray_api.get(ref, timeout=STATUS_TIMEOUT_S))
+            except (WorkerLost, EngineError):
+                out.append(None)
+        return out
+
+    def _log(self, name: str, method: str, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            p = self._pipeline(name)
+        entries = [e for part in self._gather_args(p.partitions, method, limit) for e in part]
+        entries.sort(key=lambda e: (e["at_ms"], e["id"]), reverse=True)
+        return [{"map": name, **e} for e in entries[:limit]]
+
+    def _gather_args(self, actors: list[Any], method: str, *args: Any) -> list[Any]:
+        return ray_api.get(  # type: ignore[no-any-return]
+            [ray_api.call(a, method, *args) for a in actors], timeout=STATUS_TIMEOUT_S
+        )
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(RECONCILE_EVERY_S):
+            with self._lock:
+                pipelines = list(self.pipelines.values())
+            for pipeline in pipelines:
+                try:
+                    self._reconcile(pipeline)
+                except Exception as exc:  # NOTE: one failing step never stops the loop.
+                    pipeline.problems.append(f"{type(exc).__name__}: {exc}")
+                    del pipeline.problems[:-20]
+
+    def _reconcile(self, pipeline: Pipeline) -> None:
+        """Bring each reader to the wanted mode (a restarted reader comes back paused)."""
+        for reader, status in zip(
+            pipeline.readers, self._gather(pipeline.readers, "status"), strict=True
+        ):
+            if status is not None and status["mode"] != pipeline.mode.value:
+                ray_api.get(ray_api.call(reader, "set_mode", pipeline.mode.value), timeout=10)
