@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench e2e`` and ``python -m bench merge``."""
