@@ -164,6 +164,10 @@ class Partition:
             changes, errors = self._changes(s, msg)
             now = now_ms()
             try:
+                if self._touches_inflight(s, changes):
+                    # Where our in-flight write to a record lands relative to the side's own
+                    # change of it decides what the side holds: learn it before merging.
+                    self._append(None)
                 merged = self.logic.ingest(s, changes, now)
                 pending = self._submit(merged)
                 # The previous batch's writes were under way while we merged this one.
@@ -183,6 +187,15 @@ class Partition:
                 self._load()
                 raise
             return self._answer(Side(side))
+
+    def _touches_inflight(self, side: Side, changes: list[Change]) -> bool:
+        if self.inflight is None:
+            return False
+        written = self.inflight[4].writes[side]
+        if not written:
+            return False
+        keys = {w.key for w in written}
+        return any(c.key in keys for c in changes)
 
     def _answer(self, side: Side, status: str = "ok") -> dict[str, Any]:
         return {"status": status, "cursor": self.cursors[side], "durable": self.durable[side]}
@@ -222,7 +235,7 @@ class Partition:
                 body = decode(result, "result")
                 outcome.append([int(target), body["position"], body["errors"]])
             self._confirm(p_merged, outcome, p_now, errors)
-            errors += p_errors
+            errors += p_errors + p_merged.errors
             conflicts = p_merged.conflicts
         changes = 0
         if batch is not None:

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from conflict import (
+    LWW,
     Conflict,
     Edit,
     FieldState,
@@ -128,7 +129,7 @@ class ErrorEntry(NamedTuple):
     app: str
     key: RecordKey | None
     field: str | None
-    kind: str  # "read" (bad source record) or "write" (refused by the target)
+    kind: str  # "read" (bad source record), "write" (refused by the target), "resolve"
     message: str
     payload: dict[str, Any]
 
@@ -168,6 +169,7 @@ class PartitionLogic:
         self.map = cmap
         self.records: dict[RecordKey, Tracked] = records if records is not None else {}
         self.dirty: set[RecordKey] = set()
+        self.resolver_failures: list[tuple[str, str]] = []  # (field, message), drained by ingest
         self._index = {name: i for i, name in enumerate(cmap.fields)}
 
     # -- reading -------------------------------------------------------------------------
@@ -176,7 +178,24 @@ class PartitionLogic:
         """The winning assignment of field ``name`` (which must hold one)."""
         if len(fs.entries) == 1:
             return next(iter(fs.entries.values()))
-        return resolve(name, fs, self.map.policy)[0]
+        return self._resolve(name, fs)[0]
+
+    def _resolve(self, name: str, fs: FieldState) -> tuple[Register, Conflict | None]:
+        """`resolve` with the map's policy; a custom resolver that fails falls back to lww
+        (the failure is reported as an error of the record being merged)."""
+        try:
+            return resolve(name, fs, self.map.policy)
+        except Exception as exc:  # NOTE: user code; one bad call must not stop the partition.
+            self.resolver_failures.append((name, f"{type(exc).__name__}: {exc}"))
+            winner, conflict = resolve(name, fs, LWW)
+            if conflict is not None:
+                conflict = Conflict(
+                    conflict.field,
+                    conflict.candidates,
+                    winner,
+                    f"lww ({self.map.policy.rule} failed)",
+                )
+            return winner, conflict
 
     def values(self, key: RecordKey) -> dict[str, Any] | None:
         """The merged record as ``{field: winning value}``, or None if it does not exist."""
@@ -203,6 +222,8 @@ class PartitionLogic:
             if rec is None:
                 rec = records[key] = Tracked()
             fields, full, won = self._edit(rec, side, ch, now_ms, out.conflicts)
+            if self.resolver_failures:
+                self._report_resolver(side, key, now_ms, out.errors)
             dirty.add(key)
             # Sides to look at: the other one always; this one unless it holds the merge.
             sides = other if won else 3
@@ -223,7 +244,45 @@ class PartitionLogic:
                 write = self._converge(key, rec, Side.RIGHT, changed, full)
                 if write is not None:
                     writes[1].append(write)
+            if self.resolver_failures:
+                self._report_resolver(side, key, now_ms, out.errors)
+        for target in Side:
+            self._assume_written(target, writes[target])
         return out
+
+    def _assume_written(self, side: Side, writes: Sequence[Write]) -> None:
+        """Take ``writes`` as made: the next batch is merged before they are confirmed."""
+        n = len(self.map.fields)
+        records = self.records
+        for write in writes:
+            rec = records[write.key]
+            if write.op == "D":
+                rec.seen[side] = None
+                continue
+            seen = rec.seen[side]
+            if write.op != "U" or not isinstance(seen, list):
+                seen = rec.seen[side] = [UNSEEN] * n
+            for i, value in write.values.items():
+                seen[i] = value
+
+    def _report_resolver(
+        self, side: Side, key: RecordKey, now_ms: int, errors: list[ErrorEntry]
+    ) -> None:
+        for field, message in self.resolver_failures:
+            errors.append(
+                ErrorEntry(
+                    now_ms,
+                    self.map.name,
+                    self.map.apps[side],
+                    key,
+                    field,
+                    "resolve",
+                    f"conflict resolver {self.map.policy.rule!r} failed ({message}); "
+                    "lww decided instead",
+                    {"field": field},
+                )
+            )
+        self.resolver_failures.clear()
 
     def confirm(
         self,
@@ -236,12 +295,13 @@ class PartitionLogic:
         """Record the outcome of ``writes`` made on ``side``, which landed at ``position`` of
         its change log. ``failures`` are ``(index in writes, field index or None, message)``.
 
-        Changes of a later batch may have been merged meanwhile (the actor merges the next
-        batch while this one is written); what they showed of a side is never overwritten.
+        `ingest` already took the writes as made; here a refused write makes what the side
+        holds unknown again, and a made one is remembered with its position, for the side's
+        changes that committed before it (see `_follow`). The caller must confirm a batch
+        before merging changes of ``side`` to records it wrote (the actor does).
         """
         failed = {index: (field, message) for index, field, message in failures}
         errors: list[ErrorEntry] = []
-        n = len(self.map.fields)
         dirty = self.dirty
         for index, write in enumerate(writes):
             rec = self.records[write.key]
@@ -267,18 +327,9 @@ class PartitionLogic:
                     )
                 )
                 continue
-            if passed:
-                continue
-            if write.op == "D":
-                rec.seen[side] = None
-            else:
-                seen = rec.seen[side]
-                if write.op != "U" or not isinstance(seen, list):
-                    seen = rec.seen[side] = [UNSEEN] * n
-                for i, value in write.values.items():
-                    seen[i] = value
-            rec.pending[side].append((position, write.op, write.values))
-            dirty.add(write.key)
+            if not passed:
+                rec.pending[side].append((position, write.op, write.values))
+                dirty.add(write.key)
         return errors
 
     def read_error(
@@ -412,7 +463,7 @@ class PartitionLogic:
             # An update made without seeing a delete: the later of the two wins.
             self._log_existence(conflicts, now_ms, ch.key, st, origin, edit_ts, deleted=False)
         for name in assigned:
-            _, conflict = resolve(name, sf[name], cmap.policy)
+            _, conflict = self._resolve(name, sf[name])
             if conflict is not None:
                 conflicts.append(_conflict_entry(now_ms, cmap.name, ch.key, conflict))
         full = raced or recreate
