@@ -20,6 +20,7 @@ with ``gap`` so the reader resends from the cursor.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -293,6 +294,7 @@ class Partition:
         with self._lock:
             return {
                 "index": self.index,
+                "pid": os.getpid(),
                 "cursors": list(self.cursors),
                 "durable": list(self.durable),
                 "records": len(self.logic.records),

@@ -28,6 +28,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "release_name",
     "shutdown",
     "wait_ready",
 ]
@@ -129,6 +130,17 @@ def kill(handle: Handle, *, restart: bool = False) -> None:
         ray.kill(handle, no_restart=not restart)
     except (ValueError, rex.RayError):
         pass  # NOTE: already gone; killing is idempotent.
+
+
+def release_name(name: str, namespace: str | None, timeout: float = 30.0) -> None:
+    """Wait until no live actor holds ``name`` (a killed actor frees it shortly after)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while get_actor(name, namespace) is not None:
+        if time.monotonic() > deadline:
+            raise EngineError(f"actor name {name!r} still taken after {timeout} s")
+        time.sleep(0.05)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ class Reader:
         if self.emap.initial_sync:
             head, chunks = self.connector.snapshot(self.capture, self.batch)
             for rows in chunks:
-                raws = [RawChange(head, "I", 0, None, row) for row in rows]
+                raws = [RawChange(head, "S", 0, None, row) for row in rows]
                 now = time.time_ns() // 1_000_000
                 parts, errors = self._decode(raws, stamp_ms=now)
                 self._call(fresh, parts, errors, hi=head, snap=True)
@@ -199,11 +199,20 @@ class Reader:
             self._maybe_ack()
             return
         assert self.sent is not None
-        unflushed = [p for p, d in enumerate(self.sent) if d < self.expected[p]]
+        unflushed = [
+            p for p, d in enumerate(self.sent) if d < self.expected[p] and p not in self.behind
+        ]
         if unflushed:
             # Caught up: make the partitions' last batches durable (their writes are done).
-            for p, durable in zip(unflushed, self._cursors(unflushed), strict=True):
+            try:
+                durables = self._cursors(unflushed)
+            except DualsyncError:
+                self.behind.update(unflushed)
+                raise
+            for p, durable in zip(unflushed, durables, strict=True):
                 self.sent[p] = durable
+                if durable < self.expected[p]:
+                    self.behind.add(p)  # it restarted and lost what was in flight: resend
             return
         self.polls += 1
         self.idle = True
@@ -222,10 +231,11 @@ class Reader:
                 return
             self.sent[p] = self.expected[p] = cursor
             self.behind.discard(p)
-            while self.sent[p] < self.read_pos and p not in self.behind:
+            # NOTE: progress is what was sent (``expected``); the durable cursor lags a batch.
+            while self.expected[p] < self.read_pos and p not in self.behind:
                 raws = [
                     r
-                    for r in self.connector.read_changes(self.capture, self.sent[p], self.batch)
+                    for r in self.connector.read_changes(self.capture, self.expected[p], self.batch)
                     if r.seq <= self.read_pos
                 ]
                 hi = raws[-1].seq if raws else self.read_pos

@@ -46,8 +46,9 @@ def normalise_url(url: str) -> str:
 class SyncEngine:
     """A running dualsync engine. Create one with `SyncEngine.start`."""
 
-    def __init__(self, coordinator: Any, state_dir: Path, owns_ray: bool) -> None:
+    def __init__(self, coordinator: Any, name: str, state_dir: Path, owns_ray: bool) -> None:
         self._coordinator = coordinator
+        self._name = name
         self.state_dir = state_dir
         self._owns_ray = owns_ray
         self._stopped = False
@@ -88,7 +89,7 @@ class SyncEngine:
                 namespace=NAMESPACE,
             )
         ray_api.get(ray_api.call(handle, "ready"), timeout=120)
-        return cls(handle, path, owns)
+        return cls(handle, name, path, owns)
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -174,6 +175,8 @@ class SyncEngine:
             ray_api.kill(self._coordinator)
             if self._owns_ray:
                 ray_api.shutdown()
+            else:
+                ray_api.release_name(self._name, NAMESPACE)
 
     def __enter__(self) -> SyncEngine:
         return self

@@ -6,7 +6,8 @@ Messages (version 1):
               covers, exclusive/inclusive), ``snap`` (rows come from the initial snapshot),
               ``final`` (the snapshot's last message), ``errors`` (source rows that cannot be
               synced: ``[seq, field, message, row]``) and ``rows``:
-              ``[seq, op, key, ts, old, new]`` where ``op`` is ``"I"``, ``"U"`` or ``"D"``,
+              ``[seq, op, key, ts, old, new]`` where ``op`` is ``"I"``, ``"U"``, ``"D"`` or
+              ``"S"`` (a row of the initial snapshot),
               ``key`` the canonical key list, ``ts`` an HLC ``[wall_ms, counter, origin]`` and
               ``old``/``new`` value lists in canonical field order (or nil).
 ``writes``    partition -> writer. ``rows``: ``[op, key, {field_index: value}]``.

@@ -318,7 +318,7 @@ def _describe_loc(data: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
         if isinstance(item, int) and isinstance(node, list) and item < len(node):
             entry = node[item]
             label = entry.get("left") if isinstance(entry, Mapping) else None
-            parts.append(f"[{label}]" if label else f"[{item}]")
+            parts.append(f"[{label}]" if isinstance(label, str) and label else f"[{item}]")
             node = entry
         else:
             parts.append(f".{item}" if parts else str(item))

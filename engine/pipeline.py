@@ -98,7 +98,7 @@ class Change(NamedTuple):
     """A captured change in canonical form (see `engine.codec` for the wire shape)."""
 
     seq: int
-    op: str
+    op: str  # "I" insert, "U" update, "D" delete, "S" a row of the initial snapshot
     key: RecordKey
     ts: Timestamp
     old: Sequence[Any] | None
@@ -213,6 +213,8 @@ class PartitionLogic:
         out = Outcome(([], []), [], [])
         # key -> [record, fields whose winner may have changed, compare every field?, sides]
         touched: dict[RecordKey, list[Any]] = {}
+        self.resolver_failures.clear()  # a failure met outside a batch is no record's error
+        self._reported: set[tuple[RecordKey, str]] = set()
         records = self.records
         dirty = self.dirty
         other = 1 << side.other
@@ -260,8 +262,9 @@ class PartitionLogic:
                 rec.seen[side] = None
                 continue
             seen = rec.seen[side]
-            if write.op != "U" or not isinstance(seen, list):
-                seen = rec.seen[side] = [UNSEEN] * n
+            seen = rec.seen[side] = (
+                list(seen) if write.op == "U" and isinstance(seen, list) else [UNSEEN] * n
+            )
             for i, value in write.values.items():
                 seen[i] = value
 
@@ -269,6 +272,9 @@ class PartitionLogic:
         self, side: Side, key: RecordKey, now_ms: int, errors: list[ErrorEntry]
     ) -> None:
         for field, message in self.resolver_failures:
+            if (key, field) in self._reported:
+                continue  # the same failure, met again while converging the same record
+            self._reported.add((key, field))
             errors.append(
                 ErrorEntry(
                     now_ms,
@@ -412,10 +418,11 @@ class PartitionLogic:
         if ch.op == "U" and known and old is not None:
             fields = [i for i in cmap.sourced[side] if old[i] != new[i]]
         else:
-            # An insert, or an update of a record we hold nothing of: take the whole row, and
-            # what we had seen on that side as what it held before.
+            # An insert (the side had no row: concurrent with everything merged), a snapshot
+            # row (made on top of what we last saw there, if anything) or an update of a
+            # record we hold nothing of: take the whole row.
             fields = list(cmap.sourced[side])
-            old = prior if isinstance(prior, list) else None
+            old = prior if ch.op == "S" and isinstance(prior, list) else None
         raced = self._follow(rec, side, ch, new if isinstance(new, list) else list(new))
         if not fields:
             return fields, raced, not raced
@@ -547,8 +554,11 @@ class PartitionLogic:
         targeted = self.map.targeted[side]
         value_of = self._winner_value
         if not isinstance(seen, list):
+            # The side lacks the row (or we lost track of it): write it whole. That includes
+            # the side's own one-way fields: their merged values came from it in the first
+            # place (a record it deleted and a concurrent update brought back).
             values = {}
-            for i in targeted:
+            for i in range(len(self.map.fields)):
                 value = value_of(st, i)
                 if value is not _ABSENT:
                     values[i] = value

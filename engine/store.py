@@ -73,7 +73,7 @@ class PartitionStore:
     ) -> tuple[
         dict[RecordKey, Tracked],
         dict[str, int],
-        list[tuple[int, int | None, bytes | None, bytes | None]],
+        list[tuple[int, int | None, bytes | None, bytes | None, int]],
     ]:
         """The checkpoint (records, meta) and the WAL rows after it, oldest first."""
         records = {
@@ -81,7 +81,9 @@ class PartitionStore:
             for key, state in self._con.execute("SELECT key, state FROM records")
         }
         meta = dict(self._con.execute("SELECT name, value FROM meta").fetchall())
-        wal = self._con.execute("SELECT id, side, payload, outcome FROM wal ORDER BY id").fetchall()
+        wal = self._con.execute(
+            "SELECT id, side, payload, outcome, changes FROM wal ORDER BY id"
+        ).fetchall()
         return records, meta, wal
 
     def append(
