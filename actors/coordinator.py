@@ -225,6 +225,16 @@ class Coordinator:
         with self._lock:
             return list(self._pipeline(name).partitions)
 
+    def actors(self, name: str) -> dict[str, list[Any]]:
+        """The handles of a map's actors (for operations and failure tests)."""
+        with self._lock:
+            p = self._pipeline(name)
+            return {
+                "reader": list(p.readers),
+                "writer": list(p.writers),
+                "partition": list(p.partitions),
+            }
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def shutdown(self) -> None:

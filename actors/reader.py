@@ -24,6 +24,7 @@ The loop never dies on an exception: it records it, backs off and tries again.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -110,6 +111,7 @@ class Reader:
         except DualsyncError:
             head = None
         return {
+            "pid": os.getpid(),
             "side": self.side.label,
             "app": self.app,
             "mode": self.mode.value,

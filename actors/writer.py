@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from actors.tuning import tune_gc
@@ -44,4 +45,9 @@ class Writer:
         )
 
     def status(self) -> dict[str, Any]:
-        return {"batches": self.batches, "records": self.records, "failures": self.failures}
+        return {
+            "pid": os.getpid(),
+            "batches": self.batches,
+            "records": self.records,
+            "failures": self.failures,
+        }
