@@ -156,11 +156,12 @@ class Reader:
         return [int(a["durable"]) for a in ray_api.get(refs, timeout=CALL_TIMEOUT_S)]
 
     def _start(self) -> None:
-        cursors = self._cursors()
-        fresh = [i for i, c in enumerate(cursors) if c < 0]
-        if fresh:
-            self._initial(fresh)
+        while True:
             cursors = self._cursors()
+            fresh = [i for i, c in enumerate(cursors) if c < 0]
+            if not fresh:
+                break
+            self._initial(fresh)
         self.sent = cursors
         self.expected = list(cursors)
         self.read_pos = min(cursors)
@@ -169,17 +170,24 @@ class Reader:
         self.inflight.clear()
 
     def _initial(self, fresh: list[int]) -> None:
-        """Snapshot the existing rows into partitions that have never synced."""
+        """Snapshot the existing rows into partitions that have never synced.
+
+        A partition that misses any chunk (it failed or restarted meanwhile) does not get the
+        final marker: it stays uninitialised and is sent the whole snapshot again.
+        """
+        targets = list(fresh)
         if self.emap.initial_sync:
             head, chunks = self.connector.snapshot(self.capture, self.batch)
             for rows in chunks:
                 raws = [RawChange(head, "S", 0, None, row) for row in rows]
                 now = time.time_ns() // 1_000_000
                 parts, errors = self._decode(raws, stamp_ms=now)
-                self._call(fresh, parts, errors, hi=head, snap=True)
+                self._call(targets, parts, errors, hi=head, snap=True)
+                targets = [p for p in targets if p not in self.behind]
         else:
             head = self.connector.head(self.capture)
-        self._call(fresh, None, [], hi=head, snap=True, final=True)
+        self._call(targets, None, [], hi=head, snap=True, final=True)
+        self.behind.difference_update(fresh)
 
     def _step(self) -> None:
         """Read and send the next batch, keeping up to ``window`` batches in flight."""

@@ -142,7 +142,7 @@ class SyncEngine:
 
     def status(self) -> dict[str, Any]:
         """Per map: mode, record/conflict/error counts, and per side the reader position,
-        lag (changes not yet read), changes merged, echoes seen and writes made."""
+        lag (changes not yet read), changes merged and writes made."""
         return self._call("status")  # type: ignore[no-any-return]
 
     def conflicts(self, name: str, limit: int = 100) -> list[dict[str, Any]]:

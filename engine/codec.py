@@ -90,7 +90,13 @@ def decode(data: bytes, kind: str) -> dict[str, Any]:
     """Decode a message that must be of type ``kind`` and version `VERSION`."""
     try:
         body = unpack(data)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,  # e.g. a map keyed by a list: unhashable
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise CodecError(
             f"expected a msgpack {kind!r} message, found undecodable bytes: {exc}"
         ) from None

@@ -10,7 +10,7 @@ import pytest
 
 from engine import SyncEngine
 
-from conftest import Apps, connect, start_sync, wait_until
+from conftest import CUSTOMERS, Apps, connect, start_sync, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -109,9 +109,7 @@ def test_a_restarted_engine_resumes_where_it_stopped(ray_runtime: None, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["reader", "writer", "coordinator"])
-def test_a_killed_actor_restarts_and_nothing_is_lost(
-    engine: Any, apps: Apps, kind: str
-) -> None:
+def test_a_killed_actor_restarts_and_nothing_is_lost(engine: Any, apps: Apps, kind: str) -> None:
     from actors import ray_api
     from engine import WorkerLost
 
@@ -151,3 +149,24 @@ def test_a_killed_actor_restarts_and_nothing_is_lost(
     assert len(apps.left()) == total == len(apps.right())
     assert apps.converged()
     assert engine.errors("customers") == []
+
+
+def test_a_partition_killed_during_the_initial_sync_still_gets_every_row(
+    engine: Any, apps: Apps
+) -> None:
+    from actors import ray_api
+
+    total = 40_000
+    apps.finance.executemany(
+        "INSERT INTO customers VALUES (?, ?, 1.0, NULL)",
+        [(f"C{i:05}", f"name {i}") for i in range(total)],
+    )
+    for name, url in apps.urls.items():
+        engine.add_app(name, url)
+    engine.submit_map(CUSTOMERS)
+    engine.play("customers")
+    wait_until(lambda: len(apps.right()) >= 2_000, 60, "the initial sync to be under way")
+    ray_api.kill(engine._call("partitions", "customers")[0], restart=True)
+    wait_until(lambda: len(apps.right()) == total, 180, "every row in crm")
+    engine.wait_idle(timeout=120)
+    assert apps.converged()

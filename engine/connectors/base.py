@@ -86,7 +86,8 @@ class WriteOp(NamedTuple):
     """One record to write: ``I`` upsert, ``U`` update, ``D`` delete.
 
     ``key`` holds the key values in capture key order; ``values`` maps capture column index
-    to value (unused for deletes).
+    to value (unused for deletes). A batch holds at most one op per key, so a connector may
+    apply them in any order (the SQLite connector groups them by kind and columns).
     """
 
     op: str

@@ -106,7 +106,6 @@ class SqliteConnector(Connector):
             raise AppError(app, f"directory {self.path.parent} of {url!r} does not exist")
         self._lock = threading.RLock()
         self._con = self._guard(None, "open", lambda: connect(self.path))
-        self._data_version = -1
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -128,12 +127,17 @@ class SqliteConnector(Connector):
             rows = con.execute(f"PRAGMA table_info({q(entity)})").fetchall()
             if not rows:
                 return None
+            pk = tuple(r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5]))
+            # NOTE: SQLite lets a primary key hold NULL unless declared NOT NULL, except an
+            # INTEGER PRIMARY KEY (the rowid).
+            rowid = {
+                r[1] for r in rows if r[5] and len(pk) == 1 and (r[2] or "").upper() == "INTEGER"
+            }
             columns = {
-                name: Column(name, ctype or "", not notnull or bool(pk), dflt is not None)
-                for _cid, name, ctype, notnull, dflt, pk in rows
+                name: Column(name, ctype or "", not notnull and name not in rowid, dflt is not None)
+                for _cid, name, ctype, notnull, dflt, _pk in rows
             }
             unique: list[tuple[str, ...]] = []
-            pk = tuple(r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5]))
             if pk:
                 unique.append(pk)
             for _seq, index, is_unique, _origin, partial in con.execute(
@@ -141,7 +145,8 @@ class SqliteConnector(Connector):
             ):
                 if is_unique and not partial:
                     cols = tuple(r[2] for r in con.execute(f"PRAGMA index_info({q(index)})"))
-                    if cols and cols not in unique:
+                    # an index on an expression names no column: it cannot key an upsert
+                    if cols and None not in cols and cols not in unique:
                         unique.append(cols)
             return EntitySchema(entity, columns, tuple(unique))
 
@@ -298,18 +303,10 @@ class SqliteConnector(Connector):
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                version = self._guard(
-                    capture.entity,
-                    "polling",
-                    lambda: self._con.execute("PRAGMA data_version").fetchone()[0],
-                )
-                if version != self._data_version:
-                    self._data_version = version
-                    if (
-                        self._guard(capture.entity, "polling", lambda: _head(self._con, capture))
-                        > after
-                    ):
-                        return True
+                # NOTE: one indexed lookup in sqlite_sequence: cheap enough to poll.
+                head = self._guard(capture.entity, "polling", lambda: _head(self._con, capture))
+            if head > after:
+                return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(POLL_INTERVAL)
