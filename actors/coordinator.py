@@ -166,6 +166,7 @@ class Coordinator:
                 "mode": p.mode.value,
                 "partitions": len(p.partitions),
                 "records": sum(s["records"] for s in parts if s),
+                "deleted": sum(s["deleted"] for s in parts if s),
                 "conflicts": sum(s["conflicts"] for s in parts if s),
                 "errors": sum(s["errors"] for s in parts if s),
                 "sides": sides,

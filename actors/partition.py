@@ -297,7 +297,10 @@ class Partition:
                 "pid": os.getpid(),
                 "cursors": list(self.cursors),
                 "durable": list(self.durable),
-                "records": len(self.logic.records),
+                "records": sum(1 for r in self.logic.records.values() if r.state.exists),
+                "deleted": sum(
+                    1 for r in self.logic.records.values() if r.state.dead and not r.state.exists
+                ),
                 "wal_changes": self.wal_changes,
                 **self.counts,
                 **self.store.counts(),
