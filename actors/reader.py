@@ -254,20 +254,11 @@ class Reader:
             if p in self.behind:
                 return
 
-    def _call(
-        self,
-        targets: Sequence[int],
-        parts: list[list[Any]] | None,
-        errors: list[Any],
-        *,
-        hi: int,
-        snap: bool = False,
-        final: bool = False,
-    ) -> None:
-        """Send each target partition its slice and wait for the answers."""
+    def _call(self, targets: Sequence[int], parts: Any, errors: list[Any], **batch: Any) -> None:
+        """Send each target partition its slice and wait for the answers (see `_submit`)."""
         while self.inflight:
             self._collect(self.inflight.popleft())
-        self._collect(self._submit(targets, parts, errors, hi=hi, snap=snap, final=final))
+        self._collect(self._submit(targets, parts, errors, **batch))
 
     def _submit(
         self,

@@ -12,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
+from engine.demo import MAP_YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GOOD = """\
-name: customers
-left:  {app: finance, entity: customers, key: [account]}
-right: {app: crm, entity: accounts, key: [account_number]}
-fields:
-  - {left: account, right: account_number}
-  - {left: name, right: name}
-  - {left: credit_limit, right: credit_limit, direction: left_to_right}
-  - {left: phone, right: telephone}
-conflict: {policy: prefer, app: crm}
-"""
+GOOD = MAP_YAML.replace("{policy: lww}", "{policy: prefer, app: crm}")
 SUMMARY = "map 'customers' finance.customers <-> crm.accounts, 4 fields, policy prefer:crm"
 
 ONE_WAY_KEY = GOOD.replace(

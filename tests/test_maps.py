@@ -12,34 +12,14 @@ import pytest
 
 from conflict import LWW, Custom, LastWriterWins, Prefer, Register
 from engine.connectors.base import Column, EntitySchema
+from engine.demo import MAP_YAML
 from engine.errors import MapError, SchemaError
 from engine.ids import Side
 from engine.maps import CompiledMap, EntityMap, check_schema, load_map
 
-CUSTOMERS_YAML = """\
-name: customers
-left:  {app: finance, entity: customers, key: [account]}
-right: {app: crm, entity: accounts, key: [account_number]}
-fields:
-  - {left: account, right: account_number}
-  - {left: name, right: name}
-  - {left: credit_limit, right: credit_limit, direction: left_to_right}
-  - {left: phone, right: telephone}
-conflict: {policy: lww}
-"""
+from conftest import CUSTOMERS
 
-CUSTOMERS: dict[str, Any] = {
-    "name": "customers",
-    "left": {"app": "finance", "entity": "customers", "key": ["account"]},
-    "right": {"app": "crm", "entity": "accounts", "key": ["account_number"]},
-    "fields": [
-        {"left": "account", "right": "account_number"},
-        {"left": "name", "right": "name"},
-        {"left": "credit_limit", "right": "credit_limit", "direction": "left_to_right"},
-        {"left": "phone", "right": "telephone"},
-    ],
-    "conflict": {"policy": "lww"},
-}
+CUSTOMERS_YAML = MAP_YAML  # the map of the issue and of the demo
 
 
 def customers(change: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:

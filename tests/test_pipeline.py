@@ -34,24 +34,13 @@ from engine.pipeline import (
     encode_record,
 )
 
+from conftest import CUSTOMERS
+
 L, R = Side.LEFT, Side.RIGHT
 KEY = ("A1",)
 ROW = ("A1", "Acme", 500, "555")
 FIELDS = ("account", "name", "credit_limit", "phone")
 NOW = 99_000
-
-CUSTOMERS: dict[str, Any] = {
-    "name": "customers",
-    "left": {"app": "finance", "entity": "customers", "key": ["account"]},
-    "right": {"app": "crm", "entity": "accounts", "key": ["account_number"]},
-    "fields": [
-        {"left": "account", "right": "account_number"},
-        {"left": "name", "right": "name"},
-        {"left": "credit_limit", "right": "credit_limit", "direction": "left_to_right"},
-        {"left": "phone", "right": "telephone"},
-    ],
-    "conflict": {"policy": "lww"},
-}
 
 
 def compiled(conflict: Any = None, resolvers: dict[str, Any] | None = None) -> CompiledMap:
