@@ -60,7 +60,7 @@ class Partition:
         self.store = PartitionStore(Path(state_path))
         self.writers = writers
         self.checkpoint_changes = int(options.get("checkpoint_changes", CHECKPOINT_CHANGES))
-        self.counts = {
+        self.counts: dict[str, Any] = {
             "changes": [0, 0],
             "writes": [0, 0],
             "batches": 0,

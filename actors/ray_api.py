@@ -82,8 +82,9 @@ def create(kind: str, *args: Any, name: str | None = None, namespace: str | None
     if remote is None:
         module, cls_name, extra = KINDS[kind]
         cls = getattr(importlib.import_module(module), cls_name)
-        remote = _REMOTE[kind] = ray.remote(num_cpus=0, **RESTART, **extra)(cls)
-    options: dict[str, Any] = {}
+        options: dict[str, Any] = {"num_cpus": 0, **RESTART, **extra}
+        remote = _REMOTE[kind] = ray.remote(**options)(cls)
+    options = {}
     if name:
         options["name"] = name
     if namespace:

@@ -39,7 +39,7 @@ class Writer:
             "result",
             position=position,
             errors=[
-                [f.index, None if f.column is None else columns.index(f.column), f.message]
+                [f.row, None if f.column is None else columns.index(f.column), f.message]
                 for f in failures
             ],
         )

@@ -122,7 +122,7 @@ def bench_pycrdt(
     # NOTE: a root Map per record, not a Map of Maps: two replicas that each create the
     # nested Map of a record would make concurrent values of the outer key, and one replica's
     # whole record would be lost. Root types of the same name are the same shared type.
-    docs = [Doc(client_id=i + 1) for i in range(len(ORIGINS))]
+    docs: list[Any] = [Doc(client_id=i + 1) for i in range(len(ORIGINS))]
     maps = [[doc.get(f"r{r}", type=Map) for r in range(records)] for doc in docs]
 
     def apply_all() -> None:

@@ -123,9 +123,9 @@ class Prefer(Policy):
         self.rule = f"prefer:{app}"
 
     def choose(self, field: str, candidates: Sequence[Register]) -> Register:
-        for register in reversed(candidates):
-            if register.ts.origin == self.app:
-                return register
+        for candidate in candidates[::-1]:
+            if candidate.ts.origin == self.app:
+                return candidate
         return candidates[-1]
 
     def __eq__(self, other: object) -> bool:

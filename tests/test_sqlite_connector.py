@@ -567,7 +567,7 @@ def test_identifiers_that_need_quoting_work_end_to_end(app: App, conn: SqliteCon
             WriteOp("I", (3,), {0: 3, 1: None, 2: "washer"}),
         ],
     )
-    assert [(f.index, f.column) for f in result.failures] == [(2, 'q"ty')]
+    assert [(f.row, f.column) for f in result.failures] == [(2, 'q"ty')]
     assert sorted(app.db.execute('SELECT * FROM "order lines"')) == [(1, 5, "bolt"), (2, 7, "nut")]
     assert len(changes(conn, capture=capture)) == 2  # our writes were not captured
     conn.release(capture)

@@ -103,9 +103,9 @@ class WriteResult(NamedTuple):
 
 
 class WriteFailure(NamedTuple):
-    """A record of a batch the application refused. ``index`` is its position in the batch."""
+    """A record of a batch the application refused. ``row`` is its position in the batch."""
 
-    index: int
+    row: int
     column: str | None
     message: str
 

@@ -237,12 +237,10 @@ class SqliteConnector(Connector):
 
     def head(self, capture: Capture) -> int:
         with self._lock:
-            return self._guard(
-                capture.entity,
-                "reading the change head",
-                lambda: _head(  # type: ignore[no-any-return]
-                    self._con, capture
-                ),
+            return int(
+                self._guard(
+                    capture.entity, "reading the change head", lambda: _head(self._con, capture)
+                )
             )
 
     def snapshot(self, capture: Capture, chunk: int) -> tuple[int, Iterator[list[tuple[Any, ...]]]]:
