@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from conflict import Resolver
+from conflict import Resolver, UnknownPolicy, resolver
 from engine.errors import EngineError, SyncTimeout
 from engine.ids import Mode
 from engine.maps import EntityMap, load_map
@@ -114,9 +114,19 @@ class SyncEngine:
     def submit_map(self, source: str | Path | Mapping[str, Any] | EntityMap) -> EntityMap:
         """Validate and install a map (a file path, a dict or an `EntityMap`).
 
-        A new map starts paused; resubmitting a changed map keeps its mode and state.
+        A new map starts paused; resubmitting a changed map keeps its mode and state. A
+        custom resolver the map names is taken from `register_resolver` (this process) or
+        `SyncEngine.register_resolver`.
         """
         emap = load_map(source)
+        name = emap.conflict.resolver
+        if emap.conflict.policy == "custom" and name:
+            try:
+                fn = resolver(name)  # registered in this process (or "module:function")
+            except UnknownPolicy:
+                pass  # registered with the engine, or refused by it with a clear error
+            else:
+                self._call("add_resolver", name, fn)
         self._call("submit_map", emap.model_dump(mode="json"))
         return emap
 

@@ -319,3 +319,51 @@ def test_status_reports_mode_counts_and_lag(engine: Any, apps: Apps) -> None:
     assert status["sides"]["right"]["writes"] == 20
     assert status["sides"]["left"]["lag"] == 0 and status["sides"]["right"]["lag"] == 0
     assert status["errors"] == 0 and status["conflicts"] == 0
+
+
+def test_a_resolver_registered_in_this_process_is_shipped_with_the_map(
+    engine: Any, apps: Apps
+) -> None:
+    from engine import register_resolver
+
+    @register_resolver("shortest_for_test")
+    def shortest(field: str, candidates: Sequence[Any]) -> Any:
+        return min(candidates, key=lambda r: (len(str(r.value)), r.ts))
+
+    apps.finance.execute("INSERT INTO customers VALUES ('C1', 'Contoso', 5000.0, '555-1')")
+    start_sync(engine, apps, {**CUSTOMERS, "conflict": {"custom": "shortest_for_test"}})
+    _concurrently(
+        engine,
+        (apps.finance, "UPDATE customers SET name = ? WHERE account = 'C1'", ["Short"]),
+        (apps.crm, "UPDATE accounts SET name = ? WHERE account_number = 'C1'", ["Much longer"]),
+    )
+    assert apps.right()["C1"][1] == "Short"
+    assert apps.converged()
+
+
+def test_two_maps_between_the_same_databases_sync_independently(
+    engine: Any, apps: Apps
+) -> None:
+    apps.finance.execute("CREATE TABLE vendors (code TEXT PRIMARY KEY, title TEXT)")
+    apps.crm.execute("CREATE TABLE suppliers (id TEXT PRIMARY KEY, label TEXT)")
+    vendors = {
+        "name": "vendors",
+        "left": {"app": "finance", "entity": "vendors", "key": "code"},
+        "right": {"app": "crm", "entity": "suppliers", "key": "id"},
+        "fields": [{"left": "code", "right": "id"}, {"left": "title", "right": "label"}],
+    }
+    start_sync(engine, apps)
+    engine.submit_map(vendors)
+    engine.play("vendors")
+    apps.finance.execute("INSERT INTO customers VALUES ('C1', 'Contoso', 1.0, NULL)")
+    apps.crm.execute("INSERT INTO suppliers VALUES ('V1', 'Litware')")
+    engine.wait_idle(timeout=30)
+    assert apps.right()["C1"][1] == "Contoso"
+    assert apps.finance.execute("SELECT * FROM vendors").fetchall() == [("V1", "Litware")]
+    engine.pause("customers")
+    apps.finance.execute("UPDATE customers SET name = 'paused' WHERE account = 'C1'")
+    apps.finance.execute("UPDATE vendors SET title = 'Litware Inc' WHERE code = 'V1'")
+    engine.wait_idle(timeout=30)  # waits for the playing map only
+    assert apps.right()["C1"][1] == "Contoso"
+    assert apps.crm.execute("SELECT label FROM suppliers").fetchall() == [("Litware Inc",)]
+    assert set(engine.status()) == {"customers", "vendors"}
