@@ -341,9 +341,7 @@ def test_a_resolver_registered_in_this_process_is_shipped_with_the_map(
     assert apps.converged()
 
 
-def test_two_maps_between_the_same_databases_sync_independently(
-    engine: Any, apps: Apps
-) -> None:
+def test_two_maps_between_the_same_databases_sync_independently(engine: Any, apps: Apps) -> None:
     apps.finance.execute("CREATE TABLE vendors (code TEXT PRIMARY KEY, title TEXT)")
     apps.crm.execute("CREATE TABLE suppliers (id TEXT PRIMARY KEY, label TEXT)")
     vendors = {
