@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from actors import ray_api
 from actors.tuning import collect_all, settle_heap, tune_gc
@@ -41,6 +41,19 @@ CHECKPOINT_IDLE_S = 2.0  # a partition this long without a batch checkpoints its
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class InFlight(NamedTuple):
+    """A batch merged, whose writes are under way: what its WAL row will need."""
+
+    side: Side
+    msg: dict[str, Any]
+    payload: bytes
+    changes: list[Change]
+    merged: Outcome
+    pending: list[tuple[Side, Any]]  # (side, ref of the writer's answer)
+    errors: list[ErrorEntry]
+    now: int
 
 
 class Partition:
@@ -86,7 +99,7 @@ class Partition:
         self.logic = PartitionLogic(self.cmap, records)
         self.cursors = [meta.get("cursor_left", -1), meta.get("cursor_right", -1)]
         self.durable = list(self.cursors)
-        self.inflight: tuple[Any, ...] | None = None
+        self.inflight: InFlight | None = None
         self.wal_last = 0
         self.wal_changes = 0
         previous: tuple[Side, dict[str, Any], Outcome] | None = None
@@ -172,7 +185,7 @@ class Partition:
                 merged = self.logic.ingest(s, changes, now)
                 pending = self._submit(merged)
                 # The previous batch's writes were under way while we merged this one.
-                self._append((s, msg, payload, changes, merged, pending, errors, now))
+                self._append(InFlight(s, msg, payload, changes, merged, pending, errors, now))
             except BaseException:
                 self._load()
                 raise
@@ -192,7 +205,7 @@ class Partition:
     def _touches_inflight(self, side: Side, changes: list[Change]) -> bool:
         if self.inflight is None:
             return False
-        written = self.inflight[4].writes[side]
+        written = self.inflight.merged.writes[side]
         if not written:
             return False
         keys = {w.key for w in written}
@@ -219,7 +232,7 @@ class Partition:
             errors += self.logic.confirm(side, merged.writes[side], position, failures, now)
             self.counts["writes"][side] += len(merged.writes[side]) - len(failures)
 
-    def _append(self, batch: tuple[Any, ...] | None) -> None:
+    def _append(self, batch: InFlight | None) -> None:
         """Collect the outcome of the batch in flight and append one WAL row: the new
         ``batch`` (now in flight in its place) and that outcome."""
         previous, self.inflight = self.inflight, batch
@@ -229,21 +242,18 @@ class Partition:
         errors: list[ErrorEntry] = []
         conflicts: list[ConflictEntry] = []
         if previous is not None:
-            p_side, p_msg, _, p_changes, p_merged, p_pending, p_errors, p_now = previous
-            results = ray_api.get([ref for _, ref in p_pending]) if p_pending else []
+            results = ray_api.get([ref for _, ref in previous.pending]) if previous.pending else []
             outcome = []
-            for (target, _), result in zip(p_pending, results, strict=True):
+            for (target, _), result in zip(previous.pending, results, strict=True):
                 body = decode(result, "result")
                 outcome.append([int(target), body["position"], body["errors"]])
-            self._confirm(p_merged, outcome, p_now, errors)
-            errors += p_errors + p_merged.errors
-            conflicts = p_merged.conflicts
-        changes = 0
-        if batch is not None:
-            changes = len(batch[3])
+            self._confirm(previous.merged, outcome, previous.now, errors)
+            errors += previous.errors + previous.merged.errors
+            conflicts = previous.merged.conflicts
+        changes = 0 if batch is None else len(batch.changes)
         self.wal_last = self.store.append(
-            None if batch is None else int(batch[0]),
-            None if batch is None else batch[2],
+            None if batch is None else int(batch.side),
+            None if batch is None else batch.payload,
             None if outcome is None else pack(outcome),
             changes,
             conflicts,
@@ -251,8 +261,8 @@ class Partition:
         )
         self.wal_changes += changes
         if previous is not None:
-            self._advance(self.durable, p_side, p_msg)
-            self.counts["changes"][p_side] += len(p_changes)
+            self._advance(self.durable, previous.side, previous.msg)
+            self.counts["changes"][previous.side] += len(previous.changes)
             self.counts["batches"] += 1
         settle_heap()
         if self.wal_changes >= self.checkpoint_changes:
