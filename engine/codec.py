@@ -15,22 +15,31 @@ Messages (version 1):
               log) and ``errors``: ``[row_index, field_index or nil, message]``.
 ``record``    a partition's persisted record state (see `engine.pipeline`).
 
-Values are msgpack's own types (nil, bool, int, float, str, bytes, lists, maps).
-`UNSEEN` (a value the engine has not observed) travels as ext type 1.
+Values are msgpack's own types (nil, bool, int, float, str, bytes, lists, maps) and the
+canonical types of `engine.values` as ext types: 2 decimal (its exact text), 3 timestamp
+(int64 microseconds since the epoch, UTC), 4 date (int32 proleptic ordinal), 5 uuid (16
+bytes), 6 json (compact JSON text). `UNSEEN` (a value the engine has not observed) is ext 1.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import struct
+import uuid
+from decimal import Decimal
 from typing import Any
 
 import msgpack
 
 from engine.errors import CodecError
+from engine.values import UTC, Json
 
 __all__ = ["UNSEEN", "VERSION", "decode", "encode"]
 
 VERSION = 1
-_UNSEEN_EXT = 1
+_UNSEEN_EXT, _DECIMAL, _TIMESTAMP, _DATE, _UUID, _JSON = 1, 2, 3, 4, 5, 6
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_US = dt.timedelta(microseconds=1)
 
 
 class _Unseen:
@@ -56,6 +65,18 @@ UNSEEN: Any = _Unseen()
 def _default(obj: Any) -> Any:
     if obj is UNSEEN:
         return msgpack.ExtType(_UNSEEN_EXT, b"")
+    if isinstance(obj, Decimal):
+        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+    if isinstance(obj, dt.datetime):
+        if obj.tzinfo is None:
+            raise TypeError(f"a timestamp must carry its time zone, found naive {obj!r}")
+        return msgpack.ExtType(_TIMESTAMP, struct.pack(">q", (obj - _EPOCH) // _US))
+    if isinstance(obj, dt.date):
+        return msgpack.ExtType(_DATE, struct.pack(">i", obj.toordinal()))
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if isinstance(obj, Json):
+        return msgpack.ExtType(_JSON, obj.dumps().encode())
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"cannot encode {type(obj).__name__} value {obj!r}")
@@ -64,7 +85,17 @@ def _default(obj: Any) -> Any:
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == _UNSEEN_EXT:
         return UNSEEN
-    raise CodecError(f"unknown msgpack ext type {code} (expected {_UNSEEN_EXT})")
+    if code == _DECIMAL:
+        return Decimal(data.decode())
+    if code == _TIMESTAMP:
+        return _EPOCH + struct.unpack(">q", data)[0] * _US
+    if code == _DATE:
+        return dt.date.fromordinal(struct.unpack(">i", data)[0])
+    if code == _UUID:
+        return uuid.UUID(bytes=data)
+    if code == _JSON:
+        return Json.loads(data)
+    raise CodecError(f"unknown msgpack ext type {code} (expected 1 to {_JSON})")
 
 
 def encode(kind: str, **body: Any) -> bytes:

@@ -22,6 +22,7 @@ from conflict import LWW, Custom, Policy, Prefer, Resolver
 from engine.connectors.base import Capture, EntitySchema
 from engine.errors import MapError, SchemaError
 from engine.ids import Direction, Side, check_name
+from engine.values import TYPES
 
 __all__ = [
     "CompiledMap",
@@ -54,13 +55,18 @@ class SideSpec(BaseModel):
 
 
 class FieldMap(BaseModel):
-    """A left column, the right column it maps to, and which way edits flow."""
+    """A left column, the right column it maps to, and which way edits flow.
+
+    ``type`` (optional) names the field's canonical type (see `engine.values`): connectors
+    whose applications do not declare column types (HTTP) need it; the others check it.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     left: str
     right: str
     direction: Direction = Direction.BOTH
+    type: str | None = None
 
 
 class ConflictSpec(BaseModel):
@@ -149,6 +155,13 @@ class EntityMap(BaseModel):
                         column,
                         f"key column {column!r} must sync both ways, not {fm.direction.value}",
                     )
+        for fm in self.fields:
+            if fm.type is not None and fm.type not in TYPES:
+                raise MapError(
+                    name,
+                    fm.left,
+                    f"unknown type {fm.type!r}; expected one of {', '.join(TYPES)}",
+                )
         left_of = {fm.right: fm.left for fm in self.fields}
         if {left_of[c] for c in self.right.key} != set(self.left.key):
             raise MapError(
@@ -212,6 +225,7 @@ class EntityMap(BaseModel):
             ),
             both=tuple(fm.direction is Direction.BOTH for fm in self.fields),
             policy=self.policy(resolvers),
+            types=tuple(fm.type for fm in self.fields),
         )
 
 
@@ -235,6 +249,7 @@ class CompiledMap:
     targeted: tuple[tuple[int, ...], ...]
     both: tuple[bool, ...]
     policy: Policy
+    types: tuple[str | None, ...]
 
     def key_columns(self, side: Side) -> tuple[str, ...]:
         return tuple(self.columns[side][i] for i in self.key)
@@ -246,6 +261,7 @@ class CompiledMap:
             entity=self.entities[side],
             columns=self.columns[side],
             key=self.key_columns(side),
+            types=self.types,
         )
 
 

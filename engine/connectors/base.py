@@ -44,13 +44,19 @@ class Capture:
     """What one side of a map reads and writes.
 
     ``name`` is unique per (map, side) and safe in identifiers; ``columns`` are in the map's
-    canonical field order; ``key`` lists the key columns in canonical key order.
+    canonical field order; ``key`` lists the key columns in canonical key order. Values are
+    read and written in the canonical value model (`engine.values`).
     """
 
     name: str
     entity: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
+    types: tuple[str | None, ...] = ()
+    """Canonical type per column, where the map declares one (see `engine.values`)."""
+
+    def type_of(self, column: int) -> str | None:
+        return self.types[column] if column < len(self.types) else None
 
     @property
     def key_index(self) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from engine.connectors.base import (
     WriteOp,
     WriteResult,
 )
+from engine.connectors.sqlite_types import READ, WRITE, Convert, canonical_of, safe
 from engine.errors import AppError, ConnectorError
 
 __all__ = ["SqliteConnector", "sqlite_path"]
@@ -106,6 +107,8 @@ class SqliteConnector(Connector):
             raise AppError(app, f"directory {self.path.parent} of {url!r} does not exist")
         self._lock = threading.RLock()
         self._con = self._guard(None, "open", lambda: connect(self.path))
+        # per capture: (read conversions, write conversions) by column, None where none
+        self._codecs: dict[str, tuple[list[Convert | None], list[Convert | None]]] = {}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -152,6 +155,37 @@ class SqliteConnector(Connector):
 
         with self._lock:
             return self._guard(entity, "describe", run)  # type: ignore[no-any-return]
+
+    def _codec(self, capture: Capture) -> tuple[list[Convert | None], list[Convert | None]]:
+        """How each captured column's values become canonical and back (cached)."""
+        codec = self._codecs.get(capture.name)
+        if codec is None:
+            schema = self.describe(capture.entity)
+            reads: list[Convert | None] = []
+            writes: list[Convert | None] = []
+            columns = schema.columns if schema else {}
+            for i, column in enumerate(capture.columns):
+                declared = columns[column].type if column in columns else ""
+                kind = capture.type_of(i) or canonical_of(declared)
+                read = READ.get(kind or "")
+                reads.append(safe(read) if read else None)
+                writes.append(WRITE.get(kind or ""))
+            codec = self._codecs[capture.name] = (reads, writes)
+        return codec
+
+    def _reader(self, capture: Capture) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+        """A function turning a stored row of ``capture`` into canonical values."""
+        converted = [(i, f) for i, f in enumerate(self._codec(capture)[0]) if f is not None]
+        if not converted:
+            return lambda values: values
+
+        def image(values: tuple[Any, ...]) -> tuple[Any, ...]:
+            out = list(values)
+            for i, convert in converted:
+                out[i] = convert(out[i])
+            return tuple(out)
+
+        return image
 
     # -- capture -------------------------------------------------------------------------
 
@@ -257,10 +291,12 @@ class SqliteConnector(Connector):
             con.close()
             raise ConnectorError(self.app, capture.entity, f"snapshot failed: {exc}") from exc
 
+        image = self._reader(capture)
+
         def chunks() -> Iterator[list[tuple[Any, ...]]]:
             try:
                 while rows := cursor.fetchmany(chunk):
-                    yield rows
+                    yield [image(row) for row in rows]
             except sqlite3.Error as exc:
                 raise ConnectorError(self.app, capture.entity, f"snapshot failed: {exc}") from exc
             finally:
@@ -278,6 +314,8 @@ class SqliteConnector(Connector):
             "WHERE seq > ? ORDER BY seq LIMIT ?"
         )
 
+        image = self._reader(capture)
+
         def run() -> list[RawChange]:
             rows = self._con.execute(sql, (after, limit)).fetchall()
             out = []
@@ -288,8 +326,8 @@ class SqliteConnector(Connector):
                         row[0],
                         op,
                         row[2],
-                        None if op == "I" else row[3 : 3 + n],
-                        None if op == "D" else row[3 + n :],
+                        None if op == "I" else image(row[3 : 3 + n]),
+                        None if op == "D" else image(row[3 + n :]),
                     )
                 )
             return out
@@ -323,6 +361,19 @@ class SqliteConnector(Connector):
         for i, op in enumerate(ops):
             cols = () if op.op == "D" else tuple(sorted(op.values))
             groups.setdefault((op.op, cols), []).append(i)
+        writes = self._codec(capture)[1]
+        if any(writes):
+            ops = [
+                WriteOp(
+                    op.op,
+                    tuple(
+                        f(v) if (f := writes[i]) else v
+                        for i, v in zip(capture.key_index, op.key, strict=True)
+                    ),
+                    {i: (f(v) if (f := writes[i]) else v) for i, v in op.values.items()},
+                )
+                for op in ops
+            ]
         statements = [
             (
                 self._write_sql(capture, kind, cols),

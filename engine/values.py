@@ -1,0 +1,103 @@
+"""The canonical value model: the types a field value has while it travels between apps.
+
+Every connector turns what its application holds into these, and back, without loss:
+
+| type        | Python value                          | notes                                   |
+| ----------- | ------------------------------------- | --------------------------------------- |
+| `int`       | `int`                                 | 64-bit signed on most targets           |
+| `decimal`   | `decimal.Decimal`                     | exact: never through a float            |
+| `float`     | `float`                               | IEEE double                             |
+| `text`      | `str`                                 | full Unicode                            |
+| `bool`      | `bool`                                |                                         |
+| `date`      | `datetime.date`                       |                                         |
+| `timestamp` | `datetime.datetime`, timezone-aware   | an instant; kept in UTC                 |
+| `json`      | `Json` (wraps dict, list, str, ...)   | a document, compared by value           |
+| `bytes`     | `bytes`                               |                                         |
+| `uuid`      | `uuid.UUID`                           |                                         |
+
+`None` is NULL in every type, and never the same as an empty string. A value a target cannot
+hold (too long, out of range) is refused by the target as a row-level error; no connector
+truncates or rounds silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "TYPES",
+    "Json",
+    "canonical_type",
+    "parse_timestamp",
+    "to_utc",
+]
+
+TYPES = ("int", "decimal", "float", "text", "bool", "date", "timestamp", "json", "bytes", "uuid")
+UTC = dt.UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Json:
+    """A JSON document. Wrapped so a JSON string is not mistaken for text.
+
+    NOTE: not a NamedTuple: msgpack would pack a tuple as an array before asking us.
+    """
+
+    value: Any
+
+    def __hash__(self) -> int:
+        return hash(self.dumps())
+
+    def dumps(self) -> str:
+        """Compact JSON text with sorted keys (one text per document)."""
+        return json.dumps(self.value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Json:
+        return cls(json.loads(text))
+
+
+def to_utc(value: dt.datetime) -> dt.datetime:
+    """An aware datetime in UTC; a naive one is taken as UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    """An ISO 8601 timestamp (``T`` or space separated; naive means UTC) as an aware UTC."""
+    return to_utc(dt.datetime.fromisoformat(text))
+
+
+def canonical_type(value: Any) -> str | None:
+    """The canonical type name of ``value`` (None for NULL); TypeError if it has none."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, Decimal):
+        return "decimal"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise TypeError(f"a timestamp must carry its time zone, found naive {value!r}")
+        return "timestamp"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, uuid.UUID):
+        return "uuid"
+    if isinstance(value, Json):
+        return "json"
+    raise TypeError(f"{type(value).__name__} value {value!r} has no canonical type")
