@@ -35,6 +35,11 @@ __all__ = [
 # scheme -> "module:Class"; modules are imported only when an app uses them.
 REGISTRY: dict[str, str] = {
     "sqlite": "engine.connectors.sqlite:SqliteConnector",
+    "postgresql": "engine.connectors.postgresql:PostgresConnector",
+    "mysql": "engine.connectors.mysql:MysqlConnector",
+    "mariadb": "engine.connectors.mysql:MysqlConnector",
+    "http": "engine.connectors.http:HttpConnector",
+    "https": "engine.connectors.http:HttpConnector",
 }
 
 
