@@ -22,7 +22,7 @@ from conflict import Resolver, resolver
 from engine.connectors import connector_class, open_connector
 from engine.errors import AppError, EngineError, MapError, WorkerLost
 from engine.ids import Mode, Side, check_name
-from engine.maps import EntityMap, check_schema
+from engine.maps import EntityMap, check_schema, check_types
 from engine.pipeline import partition_of
 from engine.store import Registry
 
@@ -100,13 +100,17 @@ class Coordinator:
                     resolver(name)
                 except LookupError as exc:
                     raise MapError(emap.name, "conflict.resolver", str(exc)) from None
-        for side in Side:
-            spec_side = emap.side(side)
-            connector = open_connector(spec_side.app, apps[spec_side.app])
-            try:
-                check_schema(emap, side, connector.describe(spec_side.entity))
-                connector.prepare(emap.compile(self.resolvers).capture(side))
-            finally:
+        connectors = [open_connector(emap.side(s).app, apps[emap.side(s).app]) for s in Side]
+        try:
+            schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
+            for side in Side:
+                check_schema(emap, side, schemas[side])
+            check_types(emap, schemas[0], schemas[1])
+            cmap = emap.compile(self.resolvers)
+            for side in Side:
+                connectors[side].prepare(cmap.capture(side))
+        finally:
+            for connector in connectors:
                 connector.close()
         spec = emap.model_dump(mode="json")
         with self._lock:

@@ -22,7 +22,7 @@ from conflict import LWW, Custom, Policy, Prefer, Resolver
 from engine.connectors.base import Capture, EntitySchema
 from engine.errors import MapError, SchemaError
 from engine.ids import Direction, Side, check_name
-from engine.values import TYPES
+from engine.values import TYPES, carries, kind_of
 
 __all__ = [
     "CompiledMap",
@@ -31,6 +31,7 @@ __all__ = [
     "FieldMap",
     "SideSpec",
     "check_schema",
+    "check_types",
     "load_map",
 ]
 
@@ -266,7 +267,8 @@ class CompiledMap:
 
 
 def check_schema(emap: EntityMap, side: Side, schema: EntitySchema | None) -> None:
-    """Refuse the map if ``side``'s entity lacks a mapped column or an upsert key."""
+    """Refuse the map if ``side``'s entity lacks a mapped column or an upsert key, or if a
+    column's type cannot hold the type the map declares for its field."""
     spec = emap.side(side)
     label = side.label
     where = f"{spec.app}.{spec.entity}"
@@ -283,6 +285,15 @@ def check_schema(emap: EntityMap, side: Side, schema: EntitySchema | None) -> No
                 column,
                 f"{label} column {column!r} does not exist in {where} (it has: {have})",
             )
+        declared = fm.type
+        held = kind_of(schema.columns[column].type)
+        if declared and held and declared != held and not carries(held, declared):
+            raise SchemaError(
+                emap.name,
+                column,
+                f"{label} column {column!r} of {where} holds {held} "
+                f"({schema.columns[column].type}), not the declared {declared}",
+            )
     if not any(set(unique) == set(spec.key) for unique in schema.unique):
         raise SchemaError(
             emap.name,
@@ -290,6 +301,31 @@ def check_schema(emap: EntityMap, side: Side, schema: EntitySchema | None) -> No
             f"{label} key {spec.key} of {where} is neither its primary key nor a unique index;"
             " one is needed to write records idempotently",
         )
+
+
+def check_types(emap: EntityMap, left: EntitySchema | None, right: EntitySchema | None) -> None:
+    """Refuse the map if a field's values cannot travel the way it syncs: each source
+    column's type must fit the target column (a text into an integer, a timestamp into a
+    date, a decimal into an integer are refused; an integer into a decimal is fine)."""
+    if left is None or right is None:
+        return
+    schemas = (left, right)
+    for fm in emap.fields:
+        names = (fm.left, fm.right)
+        found = [schemas[s].columns.get(names[s]) for s in Side]
+        if found[0] is None or found[1] is None:
+            continue
+        kinds = [kind_of(column.type) for column in found if column is not None]
+        where = [
+            f"{emap.side(s).app}.{emap.side(s).entity}.{names[s]} ({column.type}: {kinds[s]})"
+            for s, column in zip(Side, found, strict=True)
+            if column is not None
+        ]
+        for src in fm.direction.sources():
+            if not carries(kinds[src], kinds[src.other]):
+                raise SchemaError(
+                    emap.name, fm.left, f"values of {where[src]} do not fit {where[src.other]}"
+                )
 
 
 def load_map(source: str | Path | Mapping[str, Any] | EntityMap) -> EntityMap:

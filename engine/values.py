@@ -33,6 +33,8 @@ __all__ = [
     "TYPES",
     "Json",
     "canonical_type",
+    "carries",
+    "kind_of",
     "parse_timestamp",
     "to_utc",
 ]
@@ -60,6 +62,47 @@ class Json:
     @classmethod
     def loads(cls, text: str | bytes) -> Json:
         return cls(json.loads(text))
+
+
+def kind_of(declared: str) -> str | None:
+    """The canonical type a declared SQL column type holds, in SQLite, PostgreSQL or MariaDB
+    spelling (``INTEGER``, ``numeric(12,2)``, ``timestamptz``, ``TINYINT(1)``...); None when
+    it says nothing (SQLite columns without a type, HTTP fields)."""
+    t = declared.strip().upper()
+    if not t:
+        return None
+    if "BOOL" in t or t.startswith("TINYINT(1)") or t == "BIT(1)":
+        return "bool"
+    if "INTERVAL" in t or "POINT" in t:
+        return None
+    if "INT" in t or t == "SERIAL" or t == "BIGSERIAL":
+        return "int"
+    if "DEC" in t or "NUMERIC" in t or "MONEY" in t or "NUMBER" in t:
+        return "decimal"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "float"
+    if "TIMESTAMP" in t or "DATETIME" in t:
+        return "timestamp"
+    if "DATE" in t:
+        return "date"
+    if "UUID" in t:
+        return "uuid"
+    if "JSON" in t:
+        return "json"
+    if "BLOB" in t or "BINARY" in t or "BYTEA" in t:
+        return "bytes"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t or t == "NAME":
+        return "text"
+    return None
+
+
+# (from, to): a value of the first type always fits a column of the second.
+WIDENS = frozenset({("int", "decimal"), ("int", "float"), ("bool", "int"), ("uuid", "text")})
+
+
+def carries(source: str | None, target: str | None) -> bool:
+    """Whether every value of type ``source`` fits a ``target`` column (unknown: yes)."""
+    return source is None or target is None or source == target or (source, target) in WIDENS
 
 
 def to_utc(value: dt.datetime) -> dt.datetime:

@@ -419,3 +419,99 @@ def test_check_schema_wants_the_unique_index_on_exactly_the_key() -> None:
     wider = schema("customers", LEFT_COLUMNS, (("account", "name"),))
     with pytest.raises(SchemaError):
         check_schema(load_map(customers()), Side.LEFT, wider)
+
+
+# -- column types ---------------------------------------------------------------------------
+
+
+def _schema(entity: str, columns: dict[str, str], key: str) -> EntitySchema:
+    return EntitySchema(
+        entity, {c: Column(c, t, True, False) for c, t in columns.items()}, ((key,),)
+    )
+
+
+FINANCE_TYPES = {
+    "account": "TEXT",
+    "name": "TEXT",
+    "credit_limit": "DECIMAL(12,2)",
+    "phone": "TEXT",
+}
+
+
+@pytest.mark.parametrize(
+    ("limit_type", "fits"),
+    [
+        ("numeric(14,2)", True),  # decimal into decimal
+        ("integer", False),  # a decimal does not fit an integer
+        ("text", False),
+        ("timestamptz", False),
+    ],
+)
+def test_a_column_that_cannot_hold_the_values_it_receives_refuses_the_map(
+    limit_type: str, fits: bool
+) -> None:
+    from engine.maps import check_types
+
+    emap = load_map(CUSTOMERS)
+    left = _schema("customers", FINANCE_TYPES, "account")
+    right = _schema(
+        "accounts",
+        {"account_number": "varchar(20)", "name": "text", "credit_limit": limit_type,
+         "telephone": "text"},
+        "account_number",
+    )  # fmt: skip
+    if fits:
+        check_types(emap, left, right)
+        return
+    with pytest.raises(SchemaError) as info:
+        check_types(emap, left, right)
+    message = str(info.value)
+    assert "'customers'" in message and "'credit_limit'" in message
+    assert "finance.customers.credit_limit (DECIMAL(12,2): decimal) do not fit" in message
+
+
+def test_a_one_way_field_only_needs_to_fit_the_way_it_flows() -> None:
+    from engine.maps import check_types
+
+    emap = load_map(CUSTOMERS)  # credit_limit flows finance -> crm only
+    left = _schema("customers", {**FINANCE_TYPES, "credit_limit": "INTEGER"}, "account")
+    right = _schema(
+        "accounts",
+        {"account_number": "text", "name": "text", "credit_limit": "numeric(14,2)",
+         "telephone": "text"},
+        "account_number",
+    )  # fmt: skip
+    check_types(emap, left, right)  # int -> decimal fits; the way back is never taken
+
+
+def test_a_declared_field_type_must_match_the_columns() -> None:
+    data = customers(lambda d: d["fields"][2].update(type="decimal"))
+    emap = load_map(data)
+    schema = _schema("customers", {**FINANCE_TYPES, "credit_limit": "DATE"}, "account")
+    with pytest.raises(SchemaError, match="holds date"):
+        check_schema(emap, Side.LEFT, schema)
+
+
+def test_an_unknown_declared_type_is_refused() -> None:
+    error = refused(customers(lambda d: d["fields"][1].update(type="string")))
+    assert error.field == "name" and "unknown type 'string'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("declared", "kind"),
+    [
+        ("INTEGER", "int"), ("bigint", "int"), ("TINYINT(1)", "bool"), ("boolean", "bool"),
+        ("numeric(12,2)", "decimal"), ("DECIMAL(12, 2)", "decimal"),
+        ("double precision", "float"), ("REAL", "float"),
+        ("timestamp with time zone", "timestamp"), ("timestamptz", "timestamp"),
+        ("DATETIME(6)", "timestamp"), ("date", "date"), ("jsonb", "json"), ("JSON", "json"),
+        ("bytea", "bytes"), ("VARBINARY(255)", "bytes"), ("uuid", "uuid"),
+        ("character varying(40)", "text"), ("VARCHAR(40)", "text"), ("", None),
+    ],
+)  # fmt: skip
+def test_sql_type_names_of_every_dialect_map_to_canonical_types(
+    declared: str, kind: str | None
+) -> None:
+    from engine.values import kind_of
+
+    assert kind_of(declared) == kind

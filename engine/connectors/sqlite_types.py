@@ -14,35 +14,14 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from engine.values import Json, parse_timestamp, to_utc
+from engine.values import Json, kind_of, parse_timestamp, to_utc
 
 Convert = Callable[[Any], Any]
 
 
 def canonical_of(declared: str) -> str | None:
     """The canonical type a declared SQLite column type holds (None: as stored)."""
-    t = declared.upper()
-    if "BOOL" in t:
-        return "bool"
-    if "INT" in t:
-        return "int"
-    if "DEC" in t or "NUMERIC" in t or "MONEY" in t:
-        return "decimal"
-    if "REAL" in t or "FLOA" in t or "DOUB" in t:
-        return "float"
-    if "TIMESTAMP" in t or "DATETIME" in t:
-        return "timestamp"
-    if "DATE" in t:
-        return "date"
-    if "UUID" in t:
-        return "uuid"
-    if "JSON" in t:
-        return "json"
-    if "BLOB" in t or "BINARY" in t or "BYTEA" in t:
-        return "bytes"
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
-        return "text"
-    return None
+    return kind_of(declared)
 
 
 def _decimal_in(v: Any) -> Any:
