@@ -1,0 +1,732 @@
+"""MariaDB / MySQL connector: ``mysql://user[:password]@host[:port]/database`` (or ``mariadb://``).
+
+Driver: asyncmy (maintained, asyncio, Cython-accelerated protocol and escaping). The contract
+is synchronous (readers and writers call it from threads of Ray actors), so each connector
+owns a private event loop and drives it with ``run_until_complete`` under a lock: the
+reader's thread and the actor's main thread take turns, every connection stays on the loop
+that opened it, and no background thread is needed. (So a connector must not be called from
+a thread that is itself running an asyncio loop.) Values are sent as literals escaped by
+asyncmy, several statements per packet where the server allows it.
+
+Session, on every connection: ``sql_mode`` = `SQL_MODE` (STRICT_ALL_TABLES: a value too long
+or out of range is an error, never truncated, whatever the server's global mode; no
+NO_BACKSLASH_ESCAPES, which asyncmy's escaping relies on), ``time_zone = '+00:00'`` (TIMESTAMP
+values come and go in UTC; DATETIME columns are taken to hold UTC), utf8mb4, READ COMMITTED
+(no gap locks: trimming the change table never blocks the application's inserts).
+
+Change capture: per capture, AFTER INSERT/UPDATE/DELETE triggers log each change of the
+application into ``_ds_log_<capture>`` (``seq``, ``op``, ``at_ms`` and one ``o:``/``n:`` column
+per captured column, in the column's own type). An UPDATE that changes no captured column is
+not logged (strings are compared as bytes, so a change of case is a change). ``at_ms`` is the
+statement's ``@@timestamp``, which does not depend on the session's time zone.
+
+Commit order: AUTO_INCREMENT values are handed out at insert, not commit, so they cannot
+say what committed before what. Instead the table ``_ds_gate`` holds one row per capture,
+and the trigger takes the next sequence with ``UPDATE _ds_gate SET seq = LAST_INSERT_ID(seq
++ 1)`` (LAST_INSERT_ID(expr) hands the value to the log insert; the server restores the
+application's own LAST_INSERT_ID when the trigger ends). The row lock is held until commit,
+so a transaction that changes the table holds the gate from its first logged change to its
+commit: sequences are handed out in commit order, and the committed ones form a prefix (a
+rolled-back transaction gives its numbers back; nobody saw them). Our write transaction
+locks the gate row first (``SELECT seq ... FOR UPDATE``): that seq is its ``position``, every
+change up to it committed before our write and every later one after it. ``head`` is the
+gate's committed seq.
+
+Cost: transactions that change a captured table serialize on the gate row, from their first
+logged change to their commit. One that holds a row lock while it queues for the gate can
+deadlock with the gate's holder wanting that row, where without capture it would only have
+waited: InnoDB rolls one back (error 1213), which applications on InnoDB must retry anyway.
+Our writer locks the gate, then every row of its batch (primary-key lookups), before it
+writes anything, so in such a deadlock InnoDB rolls back our writer, which has written
+nothing, not the application's transaction (short of waits it cannot foresee: a new key
+another transaction is inserting, a foreign key's parent); it retries with a jittered backoff
+for up to `RETRY_BUDGET_S`.
+
+No echo: our write transaction sets ``@dualsync_writing`` to the capture's name and resets it
+before commit; that capture's triggers log nothing while it is set (another map's capture on
+the same table still sees our writes, as it must).
+
+Writes: one transaction per batch, grouped by kind and columns. Upserts are multi-row
+``INSERT ... ON DUPLICATE KEY UPDATE`` when the capture key is the only unique key a new row
+can collide on; otherwise (ODKU would update whichever row collides) the rows are updated by
+key and the missing ones inserted. Updates and deletes are per-row statements sent many per
+packet. A refused record (constraint, range, length, bad JSON...) is found by bisecting the
+batch within savepoints, only on that failure path, and reported as a `WriteFailure` naming
+the column the server names. Values the server would round silently (more decimals than the
+column's scale, more fractional seconds than its precision) are refused before sending.
+
+Values (`engine.values`): TINYINT(1)/BOOLEAN and BIT(1) hold bool; DECIMAL, Decimal;
+TIMESTAMP and DATETIME, an aware UTC datetime; JSON (MySQL's type, or MariaDB's LONGTEXT with
+a json_valid() check, described as ``json``), `Json`; MariaDB's UUID (or CHAR(36), BINARY(16)
+where the map declares uuid), uuid.UUID; binary strings, bytes; TIME, its text.
+
+Limits: dropping or retyping a captured column breaks the triggers (the application's
+writes fail) until the capture is prepared again or released. Two captures of one table lock
+their gates in trigger order, our writer its own first: their writers can deadlock with the
+application. MySQL has no CREATE OR REPLACE TRIGGER, so there a changed trigger is dropped
+and created (a short window without capture); the MySQL paths are untested here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncmy
+from asyncmy.connection import Connection
+from asyncmy.constants import CLIENT
+from asyncmy.cursors import Cursor
+
+from engine.connectors.base import (
+    Capture,
+    Column,
+    Connector,
+    EntitySchema,
+    RawChange,
+    WriteFailure,
+    WriteOp,
+    WriteResult,
+)
+from engine.connectors.mysql_sql import (
+    PACKET,
+    Batch,
+    Group,
+    _groups,
+    _keyset,
+    _many,
+    _results,
+    _rows,
+    lit,
+    log_column,
+    log_table,
+    q,
+)
+from engine.connectors.mysql_types import (
+    DRIVER_ERRORS,
+    RETRY_ERRORS,
+    ROW_ERRORS,
+    TEXT_TYPES,
+    Info,
+    Plan,
+    Table,
+    _broken,
+    _column_of,
+    _errno,
+    _problem,
+    _reads,
+    _writer,
+)
+from engine.errors import AppError, ConnectorError
+
+__all__ = ["Address", "MysqlConnector", "mysql_address"]
+
+T = TypeVar("T")
+
+SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+)
+GATE = "_ds_gate"
+WRITING = "@dualsync_writing"
+POLL_INTERVAL = 0.005  # seconds between looks at the gate while waiting for changes
+IDLE_PING_S = 30.0  # ping a connection idle this long before using it (wait_timeout kills)
+RETRY_BUDGET_S = 30.0  # how long a batch rolled back by a deadlock is tried again
+ACK_CHUNK = 10_000  # log rows deleted per statement when trimming
+OLD, NEW = ("o:", "OLD"), ("n:", "NEW")  # log column prefix, trigger row
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    unix_socket: str | None
+
+
+def mysql_address(url: str) -> Address:
+    """Where a ``mysql://`` / ``mariadb://`` URL points (``?unix_socket=/path`` optional)."""
+    parts = urlsplit(url)
+    shape = "mysql://user[:password]@host[:port]/database"
+    if parts.scheme.lower() not in ("mysql", "mariadb"):
+        raise AppError(None, f"expected a URL like {shape}, found scheme {parts.scheme!r}")
+    database = unquote(parts.path[1:])
+    if not database or "/" in database:
+        raise AppError(None, f"the URL names no database; expected {shape}")
+    try:
+        port = parts.port or 3306
+    except ValueError:
+        raise AppError(None, f"the URL's port is not a number; expected {shape}") from None
+    sockets = parse_qs(parts.query).get("unix_socket")
+    return Address(
+        parts.hostname or "127.0.0.1",
+        port,
+        unquote(parts.username or "root"),
+        unquote(parts.password or ""),
+        database,
+        sockets[0] if sockets else None,
+    )
+
+
+class MysqlConnector(Connector):
+    schemes = ("mysql", "mariadb")
+
+    def __init__(self, app: str, url: str) -> None:
+        super().__init__(app, url)
+        try:
+            self.address = mysql_address(url)
+        except AppError as exc:
+            raise AppError(app, exc.problem) from None
+        self._lock = threading.RLock()
+        self._loop = asyncio.new_event_loop()
+        self._con: Connection | None = None  # opened on first use, again after a loss
+        self._used = 0.0
+        self._mariadb = True
+        self._sql_mode = SQL_MODE
+        self._alias = False  # MySQL >= 8.0.19: ODKU reads the new row by alias, not VALUES()
+        self._snapshots: set[Connection] = set()
+        self._plans: dict[str, Plan] = {}
+        self._closed = False
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _open(self) -> Connection:
+        a = self.address
+        con = await asyncmy.connect(
+            host=a.host, port=a.port, user=a.user, password=a.password, database=a.database,
+            unix_socket=a.unix_socket, charset="utf8mb4", autocommit=True, binary_prefix=True,
+            client_flag=CLIENT.FOUND_ROWS, connect_timeout=10,
+        )  # fmt: skip
+        try:
+            async with con.cursor() as cur:
+                [(mode,)] = await _rows(
+                    cur,
+                    f"SET SESSION sql_mode = '{SQL_MODE}', time_zone = '+00:00', sql_notes = 0;"
+                    " SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED;"
+                    " SELECT @@SESSION.sql_mode",
+                )
+        except BaseException:
+            con.close()
+            raise
+        self._sql_mode = str(mode)  # as the server spells it (and stores it with triggers)
+        info = con.get_server_info()
+        self._mariadb = "mariadb" in info.lower()
+        m = re.match(r"(?:5\.5\.5-)?(\d+)\.(\d+)\.(\d+)", info)
+        version = tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+        self._alias = not self._mariadb and version >= (8, 0, 19)
+        return con
+
+    async def _session(self, fn: Callable[[Cursor], Awaitable[T]], con: Connection | None) -> T:
+        if con is None:
+            if self._con is not None and time.monotonic() - self._used > IDLE_PING_S:
+                try:
+                    await self._con.ping(reconnect=False)
+                except DRIVER_ERRORS:
+                    self._drop()
+            if self._con is None:
+                self._con = await self._open()
+            con = self._con
+            self._used = time.monotonic()
+        async with con.cursor() as cur:
+            return await fn(cur)
+
+    def _run(self, fn: Callable[[Cursor], Awaitable[T]], con: Connection | None = None) -> T:
+        """Run ``fn`` on the main connection (or ``con``); driver errors pass through."""
+        with self._lock:
+            if self._closed:
+                raise ConnectorError(self.app, None, "the connector is closed")
+            try:
+                return self._loop.run_until_complete(self._session(fn, con))
+            except BaseException as exc:
+                if con is None and _broken(exc):
+                    self._drop()  # the next call opens a new connection
+                raise
+
+    def _call(
+        self,
+        entity: str | None,
+        what: str,
+        fn: Callable[[Cursor], Awaitable[T]],
+        con: Connection | None = None,
+    ) -> T:
+        """`_run`, with driver errors translated into `ConnectorError`."""
+        try:
+            return self._run(fn, con)
+        except DRIVER_ERRORS as exc:
+            raise ConnectorError(self.app, entity, f"{what} failed: {_problem(exc)}") from exc
+
+    def _connect(self, entity: str | None) -> Connection:
+        """A connection of its own (for a snapshot)."""
+        with self._lock:
+            if self._closed:
+                raise ConnectorError(self.app, entity, "the connector is closed")
+            try:
+                return self._loop.run_until_complete(self._open())
+            except DRIVER_ERRORS as exc:
+                raise ConnectorError(
+                    self.app, entity, f"connecting failed: {_problem(exc)}"
+                ) from exc
+
+    def _drop(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for con in [*self._snapshots, *([self._con] if self._con else [])]:
+                try:
+                    self._loop.run_until_complete(con.ensure_closed())
+                except DRIVER_ERRORS:
+                    con.close()
+            self._snapshots.clear()
+            self._con = None
+            self._loop.run_until_complete(asyncio.sleep(0))  # let transports finish closing
+            self._loop.close()
+
+    # -- schema ----------------------------------------------------------------------------
+
+    async def _table(self, cur: Cursor, entity: str) -> Table | None:
+        where = (
+            f"TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {lit(entity)}"
+            f" AND CAST(TABLE_NAME AS BINARY) = CAST({lit(entity)} AS BINARY)"
+        )
+        rows = await _rows(
+            cur,
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, COLLATION_NAME, IS_NULLABLE,"
+            " COLUMN_DEFAULT, EXTRA, NUMERIC_SCALE, DATETIME_PRECISION"
+            f" FROM information_schema.COLUMNS WHERE {where} ORDER BY ORDINAL_POSITION",
+        )
+        if not rows:
+            return None
+        json: set[str] = set()
+        if self._mariadb:  # MariaDB's JSON is a LONGTEXT with a json_valid() check
+            for (clause,) in await _rows(
+                cur,
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS"
+                " WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = " + lit(entity),
+            ):
+                m = re.fullmatch(r"json_valid\(`((?:[^`]|``)+)`\)", str(clause).strip())
+                if m:
+                    json.add(m.group(1).replace("``", "`"))
+        columns: dict[str, Info] = {}
+        for name, data_type, column_type, collation, nullable, default, extra, scale, frac in rows:
+            extra = str(extra or "").lower()
+            described = (
+                "json"
+                if name in json
+                else data_type
+                if data_type in ("enum", "set")
+                else column_type
+            )
+            columns[name] = Info(
+                name, described, data_type, column_type, collation, nullable == "YES",
+                (default is not None and default != "NULL") or "auto_increment" in extra
+                or "generated" in extra,
+                "auto_increment" in extra, scale, frac,
+            )  # fmt: skip
+        stats = await _rows(
+            cur,
+            "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS"
+            f" WHERE {where} AND NON_UNIQUE = 0"
+            " ORDER BY INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX",
+        )
+        unique: dict[str, list[str | None]] = {}
+        for index, column, sub_part in stats:
+            # an index on an expression or a prefix cannot key an upsert
+            unique.setdefault(index, []).append(None if sub_part is not None else column)
+        keys = {i: tuple(c for c in cols if c) for i, cols in unique.items() if None not in cols}
+        return Table(columns, keys)
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        table = self._call(entity, "describe", lambda cur: self._table(cur, entity))
+        if table is None:
+            return None
+        columns = {
+            i.name: Column(i.name, i.type, i.nullable, i.has_default)
+            for i in table.columns.values()
+        }
+        unique: list[tuple[str, ...]] = []
+        for cols in table.unique.values():
+            if cols not in unique:
+                unique.append(cols)
+        return EntitySchema(entity, columns, tuple(unique))
+
+    def _plan(self, capture: Capture, refresh: bool = False) -> Plan:
+        plan = self._plans.get(capture.name)
+        if plan is None or refresh:
+            table = self._call(
+                capture.entity, "describe", lambda cur: self._table(cur, capture.entity)
+            )
+            if table is None:
+                raise ConnectorError(self.app, capture.entity, "the table does not exist")
+            key = set(capture.key)
+            written = set(capture.columns)
+
+            def harmless(index: tuple[str, ...]) -> bool:
+                # a new row cannot collide on it: one of its columns is left to
+                # AUTO_INCREMENT, or to NULL
+                return any(
+                    c not in written
+                    and (info.auto_increment or (info.nullable and not info.has_default))
+                    for c in index
+                    for info in [table.columns[c]]
+                )
+
+            odku = all(set(cols) == key or harmless(cols) for cols in table.unique.values())
+            writes = [_writer(table.columns.get(c)) for c in capture.columns]
+            plan = self._plans[capture.name] = Plan(table, _reads(capture, table), writes, odku)
+        return plan
+
+    def _image(self, capture: Capture) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """A function turning a stored row of ``capture`` into canonical values."""
+        converted = [(i, f) for i, f in enumerate(self._plan(capture).reads) if f is not None]
+
+        def image(values: Sequence[Any]) -> tuple[Any, ...]:
+            out = list(values)
+            for i, convert in converted:
+                out[i] = convert(out[i])
+            return tuple(out)
+
+        return image
+
+    # -- capture ---------------------------------------------------------------------------
+
+    def _triggers(self, capture: Capture, table: Table) -> dict[str, tuple[str, str]]:
+        """Trigger name -> (event, body) of ``capture``."""
+        name, log = lit(capture.name), q(log_table(capture))
+        ours = f"NOT ({WRITING} <=> {name})"
+
+        def same(c: str) -> str:
+            if table.columns[c].data_type in TEXT_TYPES:  # bytes: a change of case is a change
+                return f"CAST(OLD.{q(c)} AS BINARY) <=> CAST(NEW.{q(c)} AS BINARY)"
+            return f"OLD.{q(c)} <=> NEW.{q(c)}"
+
+        def body(when: str, op: str, images: Sequence[tuple[str, str]]) -> str:
+            pairs = [(q(log_column(p, c)), f"{row}.{q(c)}")
+                     for p, row in images for c in capture.columns]  # fmt: skip
+            return (
+                f"BEGIN IF {when} THEN "
+                f"UPDATE {q(GATE)} SET seq = LAST_INSERT_ID(seq + 1) WHERE name = {name}; "
+                f"INSERT INTO {log} (seq, op, at_ms, {', '.join(t for t, _ in pairs)}) VALUES "
+                f"(LAST_INSERT_ID(), '{op}', FLOOR(@@timestamp * 1000), "
+                f"{', '.join(v for _, v in pairs)}); END IF; END"
+            )
+
+        changed = " OR ".join(f"NOT ({same(c)})" for c in capture.columns)
+        prefix = f"_ds_{capture.name}_"
+        return {
+            prefix + "ins": ("INSERT", body(ours, "I", [NEW])),
+            prefix + "upd": ("UPDATE", body(f"{ours} AND ({changed})", "U", [OLD, NEW])),
+            prefix + "del": ("DELETE", body(ours, "D", [OLD])),
+        }
+
+    def prepare(self, capture: Capture) -> None:
+        entity, log = capture.entity, log_table(capture)
+
+        async def run(cur: Cursor) -> None:
+            table = await self._table(cur, entity)
+            if table is None:
+                raise ConnectorError(self.app, entity, "cannot capture changes: no such table")
+            missing = [c for c in capture.columns if c not in table.columns]
+            if missing:
+                raise ConnectorError(
+                    self.app, entity, f"cannot capture changes: no column {', '.join(missing)}"
+                )
+            wanted: dict[str, str] = {}
+            for c in capture.columns:
+                info = table.columns[c]
+                collate = f" COLLATE {info.collation}" if info.collation else ""
+                for p in ("o:", "n:"):
+                    wanted[log_column(p, c)] = f"{info.column_type}{collate}"
+            await cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {q(GATE)} (name VARCHAR(64) NOT NULL PRIMARY KEY,"
+                " seq BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            )
+            await cur.execute(
+                f"INSERT INTO {q(GATE)} (name, seq) VALUES ({lit(capture.name)}, 0)"
+                " ON DUPLICATE KEY UPDATE seq = seq"
+            )
+            cols = "".join(f", {q(c)} {t} NULL DEFAULT NULL" for c, t in wanted.items())
+            await cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {q(log)} (seq BIGINT NOT NULL PRIMARY KEY,"
+                f" op CHAR(1) NOT NULL, at_ms BIGINT NOT NULL{cols})"
+                " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+            have = {
+                name: f"{ctype}{f' COLLATE {coll}' if coll else ''}"
+                for name, ctype, coll in await _rows(
+                    cur,
+                    "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME"
+                    " FROM information_schema.COLUMNS"
+                    f" WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {lit(log)}",
+                )
+            }
+            alter = [
+                f"{'MODIFY' if c in have else 'ADD'} COLUMN {q(c)} {t} NULL DEFAULT NULL"
+                for c, t in wanted.items()
+                if have.get(c) != t
+            ]
+            if alter:
+                await cur.execute(f"ALTER TABLE {q(log)} {', '.join(alter)}")
+            existing = {
+                name: (body, mode)
+                for name, body, mode in await _rows(
+                    cur,
+                    "SELECT TRIGGER_NAME, ACTION_STATEMENT, SQL_MODE"
+                    " FROM information_schema.TRIGGERS"
+                    f" WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = {lit(entity)}",
+                )
+            }
+            for name, (event, body) in self._triggers(capture, table).items():
+                if existing.get(name) == (body, self._sql_mode):
+                    continue
+                create = f"TRIGGER {q(name)} AFTER {event} ON {q(entity)} FOR EACH ROW {body}"
+                if self._mariadb:
+                    await cur.execute(f"CREATE OR REPLACE {create}")
+                else:
+                    await cur.execute(f"DROP TRIGGER IF EXISTS {q(name)}")
+                    await cur.execute(f"CREATE {create}")
+
+        self._call(entity, "installing change capture", run)
+        self._plan(capture, refresh=True)
+
+    def release(self, capture: Capture) -> None:
+        async def run(cur: Cursor) -> None:
+            prefix = f"_ds_{capture.name}_"
+            for suffix in ("ins", "upd", "del"):
+                await cur.execute(f"DROP TRIGGER IF EXISTS {q(prefix + suffix)}")
+            await cur.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
+            try:
+                await cur.execute(f"DELETE FROM {q(GATE)} WHERE name = {lit(capture.name)}")
+            except asyncmy.errors.MySQLError as exc:
+                if _errno(exc) != 1146:  # no gate table: nothing was ever installed
+                    raise
+
+        self._call(capture.entity, "removing change capture", run)
+        self._plans.pop(capture.name, None)
+
+    def _gate_sql(self, capture: Capture, lock: bool = False) -> str:
+        suffix = " FOR UPDATE" if lock else ""
+        return f"SELECT seq FROM {q(GATE)} WHERE name = {lit(capture.name)}{suffix}"
+
+    def _position(self, capture: Capture, rows: list[tuple[Any, ...]]) -> int:
+        if not rows:
+            raise ConnectorError(
+                self.app, capture.entity, f"change capture {capture.name!r} is not installed"
+            )
+        return int(rows[0][0])
+
+    def head(self, capture: Capture) -> int:
+        try:
+            rows = self._run(partial(_rows, sql=self._gate_sql(capture)))
+        except DRIVER_ERRORS as exc:
+            if _errno(exc) != 1146:  # no gate table: not installed (below)
+                raise ConnectorError(
+                    self.app, capture.entity, f"reading the change head failed: {_problem(exc)}"
+                ) from exc
+            rows = []
+        return self._position(capture, rows)
+
+    def snapshot(self, capture: Capture, chunk: int) -> tuple[int, Iterator[list[tuple[Any, ...]]]]:
+        # A connection of its own, so one read transaction spans the head and every chunk
+        # while the main connection keeps serving the connector's other calls.
+        image = self._image(capture)
+        entity, key = capture.entity, capture.key
+        index = capture.key_index
+        chunk = max(1, chunk)
+        select = f"SELECT {', '.join(q(c) for c in capture.columns)} FROM {q(entity)}"
+        order = f" ORDER BY {', '.join(q(k) for k in key)} LIMIT {chunk}"
+        con = self._connect(entity)
+        self._snapshots.add(con)
+
+        def finish() -> None:
+            with self._lock:
+                if con in self._snapshots:
+                    self._snapshots.discard(con)
+                    con.close()
+
+        try:
+            head = self._position(
+                capture,
+                self._call(
+                    entity,
+                    "snapshot",
+                    lambda cur: _rows(
+                        cur,
+                        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;"
+                        " START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;"
+                        + self._gate_sql(capture),
+                    ),
+                    con,
+                ),
+            )
+        except BaseException:
+            finish()
+            raise
+
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
+            try:
+                where = ""
+                while True:
+                    sql = select + where + order
+                    rows = self._call(entity, "snapshot", partial(_rows, sql=sql), con)
+                    if not rows:
+                        return
+                    yield [image(row) for row in rows]
+                    if len(rows) < chunk:
+                        return
+                    where = " WHERE " + _keyset(key, [rows[-1][i] for i in index])
+            finally:
+                finish()
+
+        return head, chunks()
+
+    def read_changes(self, capture: Capture, after: int, limit: int) -> list[RawChange]:
+        n = len(capture.columns)
+        cols = ", ".join(q(log_column(p, c)) for p in ("o:", "n:") for c in capture.columns)
+        sql = (
+            f"SELECT seq, op, at_ms, {cols} FROM {q(log_table(capture))}"
+            f" WHERE seq > {int(after)} ORDER BY seq LIMIT {int(limit)}"
+        )
+        image = self._image(capture)
+        rows = self._call(capture.entity, "reading changes", lambda cur: _rows(cur, sql))
+        return [
+            RawChange(
+                int(row[0]),
+                row[1],
+                int(row[2]),
+                None if row[1] == "I" else image(row[3 : 3 + n]),
+                None if row[1] == "D" else image(row[3 + n :]),
+            )
+            for row in rows
+        ]
+
+    def wait_for_changes(self, capture: Capture, after: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            # NOTE: a primary-key lookup of the gate's committed seq: cheap enough to poll.
+            if self.head(capture) > after:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def ack(self, capture: Capture, upto: int) -> None:
+        sql = (
+            f"DELETE FROM {q(log_table(capture))} WHERE seq <= {int(upto)}"
+            f" ORDER BY seq LIMIT {ACK_CHUNK}"
+        )
+
+        async def run(cur: Cursor) -> None:
+            while await cur.execute(sql) == ACK_CHUNK:
+                pass
+
+        self._call(capture.entity, "trimming the change table", run)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def _write(
+        self, cur: Cursor, capture: Capture, batch: Batch, bisect: bool
+    ) -> tuple[int, list[WriteFailure]]:
+        begin = [
+            "START TRANSACTION",
+            f"SET {WRITING} = {lit(capture.name)}",
+            self._gate_sql(capture, lock=True),
+        ]
+        # NOTE: the rows of the batch are locked right after the gate (in the same packet
+        # when they fit), before anything is written: while we wait for one we have written
+        # nothing, so if an application transaction holding it waits for the gate, InnoDB
+        # rolls back our writer (retried), not the application's transaction.
+        together = sum(len(s) for s in batch.locks) < PACKET
+        failures: list[WriteFailure] = []
+        try:
+            rows = (await _results(cur, "; ".join(begin + batch.locks * together)))[2]
+            # We hold the gate from here to COMMIT: no captured change of the application
+            # commits meanwhile, so its seq now is exactly where our write lands.
+            position = self._position(capture, rows)
+            if not together:
+                await _many(cur, batch.locks)
+            for group in batch.groups:
+                if bisect:
+                    await self._bisect(cur, capture, group, range(len(group.rows)), failures)
+                else:
+                    await group.run(cur, range(len(group.rows)))
+            await _rows(cur, f"SET {WRITING} = NULL; COMMIT")
+        except BaseException:
+            try:
+                await _rows(cur, f"ROLLBACK; SET {WRITING} = NULL")
+            except DRIVER_ERRORS:
+                self._drop()
+            raise
+        return position, failures
+
+    async def _bisect(
+        self,
+        cur: Cursor,
+        capture: Capture,
+        group: Group,
+        sel: Sequence[int],
+        failures: list[WriteFailure],
+    ) -> None:
+        """Write ``sel`` of ``group``; find the records the server refuses by halving."""
+        await cur.execute("SAVEPOINT _ds_rows")
+        try:
+            await group.run(cur, sel)
+            return
+        except asyncmy.errors.MySQLError as exc:
+            if _errno(exc) not in ROW_ERRORS:
+                raise
+            await cur.execute("ROLLBACK TO SAVEPOINT _ds_rows")
+            if len(sel) == 1:
+                message = _problem(exc)
+                table = self._plans[capture.name].table if capture.name in self._plans else None
+                column = _column_of(
+                    str(exc.args[1]) if len(exc.args) > 1 else message, capture, table
+                )
+                failures.append(WriteFailure(group.rows[sel[0]], column, message))
+                return
+        mid = len(sel) // 2
+        await self._bisect(cur, capture, group, sel[:mid], failures)
+        await self._bisect(cur, capture, group, sel[mid:], failures)
+
+    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+        plan = self._plan(capture)
+        refused: list[WriteFailure] = []
+        batch = _groups(capture, plan, ops, refused, self._alias)
+        bisect = False
+        attempt, deadline = 0, time.monotonic() + RETRY_BUDGET_S
+        while True:
+            attempt += 1
+            try:
+                position, failures = self._run(
+                    partial(self._write, capture=capture, batch=batch, bisect=bisect)
+                )
+            except asyncmy.errors.MySQLError as exc:
+                errno = _errno(exc)
+                if errno in ROW_ERRORS and not bisect:
+                    # NOTE: only when a record is refused: redo the batch finding which.
+                    bisect = True
+                    continue
+                if errno in RETRY_ERRORS and time.monotonic() < deadline:
+                    # the server rolled the batch back whole: try again a little later
+                    time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+                    continue
+                self._plans.pop(capture.name, None)  # the schema may have changed
+                raise ConnectorError(
+                    self.app, capture.entity, f"writing a batch failed: {_problem(exc)}"
+                ) from exc
+            except (TimeoutError, OSError) as exc:
+                raise ConnectorError(
+                    self.app, capture.entity, f"writing a batch failed: {_problem(exc)}"
+                ) from exc
+            return WriteResult(sorted(refused + failures), position)
