@@ -515,3 +515,15 @@ def test_sql_type_names_of_every_dialect_map_to_canonical_types(
     from engine.values import kind_of
 
     assert kind_of(declared) == kind
+
+
+def test_an_open_schema_accepts_fields_its_records_do_not_hold_yet() -> None:
+    emap = load_map(CUSTOMERS)
+    schema = EntitySchema(
+        "accounts", {"account_number": Column("account_number", "", False, False)},
+        (("account_number",),), open=True,
+    )  # fmt: skip
+    check_schema(emap, Side.RIGHT, schema)  # name, credit_limit, telephone: not seen yet
+    closed = EntitySchema(schema.entity, schema.columns, schema.unique)
+    with pytest.raises(SchemaError, match="'name' does not exist"):
+        check_schema(emap, Side.RIGHT, closed)

@@ -76,6 +76,8 @@ class EntitySchema:
     columns: dict[str, Column]
     unique: tuple[tuple[str, ...], ...]
     """Column sets with a primary key or unique index (each usable to upsert on)."""
+    open: bool = False
+    """Records may hold fields not listed (JSON documents): a missing column is no error."""
 
 
 class RawChange(NamedTuple):

@@ -1,0 +1,592 @@
+"""HTTP/REST connector: ``http://host:port/base-path?options`` (or ``https://``).
+
+An entity is a collection under the base path (entity ``accounts`` is ``/base-path/accounts``),
+a record is a JSON object there, addressed as ``/base-path/accounts/<key>`` by its key
+field(s) (the capture's key; several are joined with ``,``). Values are canonical per the
+map's declared field types (`engine.connectors.http_values`): maps of HTTP apps should declare
+every field's ``type``, since JSON does not say that ``"12.50"`` is a decimal.
+
+Options (query parameters of the URL; anything else is refused):
+
+``mode=poll|webhook``  how changes are captured (default ``poll``).
+``poll=<seconds>``     the polling interval (default 5).
+``since=<param>``      a query parameter that asks for records modified since a value (e.g.
+                       ``updatedAt_gte`` at json-server); the value sent is the largest
+                       ``modified`` field seen. Use a "greater or equal" filter: records
+                       modified at the watermark itself are fetched again, never missed.
+                       Deletes only show in full listings, taken every ``full`` polls.
+``modified=<field>``   the record field ``since`` compares (default ``updatedAt``).
+``full=<n>``           with ``since``: every n-th poll lists everything (default 10).
+``webhook=<host:port>`` where the connector's own webhook endpoint listens (webhook mode);
+                       events are POSTed to ``/dualsync/<capture name>``.
+``secret=<ENV_VAR>``   the name of the environment variable holding the webhook's HMAC
+                       secret (never the secret itself). Required in webhook mode.
+``token=<ENV_VAR>``    an environment variable holding a bearer token, sent as
+                       ``Authorization: Bearer ...`` on every request.
+``inbox=<path>``       the durable inbox file (default
+                       ``~/.dualsync/http/<host>_<port>_<base path>.sqlite``).
+``id=<field>``         the field records are identified by (default ``id``): ``describe``
+                       reports it as the unique key.
+``ids=text|native``    ``text``: the app keeps ids as JSON strings (json-server 1.x does):
+                       key values are sent as text and read back into their declared type.
+``pagesize=<n>``       list collections page by page, ``n`` records at a time, with the
+                       query parameters ``page=<param>`` (default ``_page``) and
+                       ``per_page=<param>`` (default ``_per_page``). Whatever the option,
+                       a ``Link: <...>; rel="next"`` header or an envelope's ``next`` (a URL
+                       or a page number) is followed.
+``concurrency=<n>``    requests in flight per batch (default 16).
+``timeout=<seconds>``  per request (default 30).
+``retries=<n>``        attempts per request on 429, 5xx and connection errors (default 6),
+``backoff=<seconds>``  with exponential backoff from this base (default 0.5; doubling, with
+                       jitter, at most 30 s), or the ``Retry-After`` the app sends (at most
+                       120 s).
+
+Change capture goes through a durable inbox (`engine.connectors.http_inbox`), a local SQLite
+file that plays the change table: `read_changes`, `head`, `ack` and `wait_for_changes` read
+it like the SQLite connector's. In poll mode, `prepare` takes a baseline listing (what exists
+is not a change) and a background thread lists the collection every ``poll`` seconds and
+logs the differences: what happens between two polls is seen as its net effect. One poller
+per capture is expected (the engine's reader). In webhook mode, `prepare` starts an aiohttp
+server that takes events ``{"op": "insert|update|delete", "record": {...}, "old": {...}}``
+(or a list of them; ``"at"`` optional, ms since the epoch or ISO 8601) signed with
+``X-Dualsync-Signature: sha256=<hex HMAC-SHA256 of the raw body>``: a bad signature gets 401
+and a log line, nothing is stored; a good event is in the inbox before the app gets its 200.
+The app must report changes in the order they happen, ours included. If the port is taken
+(another process of the same app serves it: they share the inbox), the server tries again
+every second.
+
+Writes: a batch's requests go concurrently over one session (``concurrency`` at a time): a
+REST app has no batch endpoint, so one request per record, but never one at a time.
+
+- ``I`` (upsert): ``PATCH /entity/<key>`` with every value; on 404, ``POST /entity``. PATCH
+  rather than PUT: a PUT replaces the whole record and would wipe the fields the map does
+  not carry. Deciding by the response code costs a second request only for new records.
+- ``U``: ``PATCH /entity/<key>`` with the given fields; 404 means the record is gone: nothing.
+- ``D``: ``DELETE /entity/<key>``; 404 is fine (gone already).
+
+Each request carries an ``Idempotency-Key``: a hash of the capture, method, record, values
+and what the record held before, so a retried request cannot apply twice at an app that
+honours it (and a later identical write is still a new request). A 4xx other than 429 is a
+`WriteFailure` for that record (naming the field if the app's error body does); the rest of
+the batch is written. 429, 5xx and connection errors are retried; if they persist, the batch
+raises `ConnectorError` after every other request finished (the engine sends it again; PATCH
+first makes that safe).
+
+Echo suppression: before sending, what we write is recorded in the inbox; a poll or event
+that shows a record holding what we wrote is our echo and is not logged. A write's
+``position`` is the inbox head when the batch completes (see `http_inbox` for why this is
+exact). ``describe`` lists the collection's first page: its columns are the fields seen. An
+empty collection shows none: then it reports the columns of the captures prepared on it, and
+accepts any other name (the schema check cannot be made; a field the app refuses shows up
+as row errors). Every aiohttp, socket and inbox error becomes a `ConnectorError`.
+
+Modules: ``http_options`` (the URL), ``http_client`` (requests, retries, pages),
+``http_values`` (JSON forms), ``http_inbox`` (the inbox), ``http_echo`` (what is a change,
+what is our echo: sans I/O), ``http_webhook`` (the endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+
+from engine.codec import pack
+from engine.connectors.base import (
+    Capture,
+    Column,
+    Connector,
+    EntitySchema,
+    RawChange,
+    WriteFailure,
+    WriteOp,
+    WriteResult,
+)
+from engine.connectors.http_client import Client, Response, text_of
+from engine.connectors.http_inbox import Image, Inbox, key_bytes, now_ms
+from engine.connectors.http_options import parse_url
+from engine.connectors.http_values import Convert, dumps, loads, reader, to_json
+from engine.connectors.http_webhook import SIGNATURE_HEADER, WebhookServer, sign
+from engine.errors import ConnectorError
+
+__all__ = ["SIGNATURE_HEADER", "HttpConnector", "parse_url", "sign"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WAIT_INTERVAL_S = 0.01  # between looks at the inbox head while waiting for changes
+STALE_RETRIES = 5  # a snapshot's listing overtaken by another poller's: list again
+
+
+class HttpConnector(Connector):
+    schemes = ("http", "https")
+
+    def __init__(
+        self,
+        app: str,
+        url: str,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """``sleep`` waits between retries (injected by tests to record the delays)."""
+        super().__init__(app, url)
+        self.options = parse_url(app, url)
+        try:
+            self.inbox = Inbox(self.options.inbox)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConnectorError(
+                app, None, f"opening the inbox {self.options.inbox}: {exc}"
+            ) from exc
+        self._captures: dict[str, Capture] = {}  # prepared on this connector
+        self._readers: dict[str, list[Convert]] = {}
+        self._state = threading.Lock()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # owned by the loop's thread:
+        self.client = Client(app, self.options, sleep or asyncio.sleep)
+        self._poller: asyncio.Task[None] | None = None
+        self._webhook: WebhookServer | None = None
+        self._poll_locks: dict[str, asyncio.Lock] = {}
+        self._polls: dict[str, int] = {}
+
+    # -- the event loop --------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _run(self, entity: str | None, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the connector's loop (started on first use) and wait for it."""
+        with self._state:
+            if self._closed:
+                coro.close()
+                raise ConnectorError(self.app, entity, "the connector is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"dualsync-http-{self.app}", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            loop = self._loop
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        except ConnectorError:
+            raise
+        except (aiohttp.ClientError, OSError, sqlite3.Error, ValueError) as exc:
+            raise ConnectorError(self.app, entity, f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop the poller, the webhook server, the session, the loop and its thread."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
+            except Exception as exc:  # closing must go on whatever happened
+                log.warning("app %r: closing the HTTP connector: %s", self.app, exc)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+            loop.close()
+        self.inbox.close()
+
+    async def _shutdown(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._webhook is not None:
+            await self._webhook.stop()
+        await self.client.close()
+        await asyncio.get_running_loop().shutdown_default_executor()
+
+    # -- records -----------------------------------------------------------------------
+
+    def _readers_of(self, capture: Capture) -> list[Convert]:
+        readers = self._readers.get(capture.name)
+        if readers is None:
+            readers = [reader(capture.type_of(i)) for i in range(len(capture.columns))]
+            self._readers[capture.name] = readers
+        return readers
+
+    def _image(self, capture: Capture, record: dict[str, Any]) -> Image:
+        readers = self._readers_of(capture)
+        return tuple(read(record.get(c)) for c, read in zip(capture.columns, readers, strict=True))
+
+    def _json_of(self, capture: Capture, column: int, value: Any) -> Any:
+        out = to_json(value)
+        if self.options.text_ids and column in capture.key_index and out is not None:
+            return str(out)
+        return out
+
+    # -- schema ------------------------------------------------------------------------
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        """The fields the first page of records holds. JSON records are open (`open=True`): a
+        field none of them holds yet can still be written and read back."""
+        records = self._run(entity, self.client.list(entity, first_page=True))
+        if records is None:
+            return None
+        id_field = self.options.id_field
+        objects = [r for r in records if isinstance(r, dict)]
+        columns = {id_field: Column(id_field, "", False, False)}
+        for record in objects:
+            for name in record:
+                columns.setdefault(name, Column(name, "", True, False))
+        keyed = all(id_field in r for r in objects)
+        return EntitySchema(entity, columns, ((id_field,),) if keyed else (), open=True)
+
+    # -- capture -----------------------------------------------------------------------
+
+    def prepare(self, capture: Capture) -> None:
+        try:
+            needs_baseline = self.inbox.prepare(capture)
+        except sqlite3.Error as exc:
+            raise ConnectorError(self.app, capture.entity, f"preparing the inbox: {exc}") from exc
+        self._captures[capture.name] = capture
+        self._readers.pop(capture.name, None)
+        if self.options.mode == "poll":
+            if needs_baseline:
+                self._run(capture.entity, self._poll(capture))
+            self._run(capture.entity, self._start_poller())
+        else:
+            self._run(capture.entity, self._start_webhook())
+
+    async def _start_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def _start_webhook(self) -> None:
+        if self._webhook is None:
+            opts = self.options
+            assert opts.webhook is not None and opts.secret is not None
+            self._webhook = WebhookServer(
+                self.app, opts.webhook, opts.secret, self.inbox, self._capture_named, self._image
+            )
+        await self._webhook.start()
+
+    async def _capture_named(self, name: str) -> Capture | None:
+        return self._captures.get(name) or await asyncio.to_thread(self.inbox.capture, name)
+
+    def release(self, capture: Capture) -> None:
+        self._captures.pop(capture.name, None)
+        try:
+            self.inbox.release(capture.name)
+        except sqlite3.Error as exc:
+            raise ConnectorError(self.app, capture.entity, f"removing capture: {exc}") from exc
+
+    def poll_now(self, capture: Capture | None = None) -> None:
+        """Poll now, in the calling thread, every capture prepared here (or ``capture``):
+        when it returns, what the app held when the listing was fetched is in the inbox.
+        Nothing to do in webhook mode or once closed."""
+        if self._closed or self.options.mode != "poll":
+            return
+        for cap in [capture] if capture else list(self._captures.values()):
+            self._run(cap.entity, self._poll(cap))
+
+    async def _poll_loop(self) -> None:
+        """The background poller: never dies; a failed poll is logged and tried again."""
+        while True:
+            await asyncio.sleep(self.options.poll)
+            for capture in list(self._captures.values()):
+                try:
+                    await self._poll(capture)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("app %r, entity %r: poll failed: %s", self.app, capture.entity, exc)
+
+    async def _poll(
+        self, capture: Capture, *, complete: bool = False
+    ) -> tuple[int, list[Image]] | None:
+        """Fetch the collection (or what changed since the watermark) and log the
+        differences; returns the inbox head right after and the images listed (None if the
+        capture was released meanwhile)."""
+        opts = self.options
+        name = capture.name
+        lock = self._poll_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            for _ in range(STALE_RETRIES):
+                count = self._polls.get(name, 0)
+                mark = await asyncio.to_thread(self.inbox.watermark, name) if opts.since else None
+                partial = opts.since is not None and mark is not None and not complete
+                partial = partial and count % opts.full != 0
+                ticket = await asyncio.to_thread(self.inbox.take_ticket)
+                params = {opts.since: str(mark)} if partial and opts.since else None
+                records = await self.client.list(capture.entity, params=params)
+                if records is None:
+                    raise ConnectorError(
+                        self.app, capture.entity, "the collection answers 404: it does not exist"
+                    )
+                listing: dict[bytes, Image] = {}
+                newest: Any = None
+                for record in records:
+                    if not isinstance(record, dict):
+                        log.warning("app %r: skipping a non-object record %r", self.app, record)
+                        continue
+                    image = self._image(capture, record)
+                    listing[key_bytes([image[i] for i in capture.key_index])] = image
+                    if opts.since:
+                        newest = _later(newest, record.get(opts.modified))
+                try:
+                    head = await asyncio.to_thread(
+                        self.inbox.apply_listing,
+                        name,
+                        ticket,
+                        listing,
+                        complete=not partial,
+                        at_ms=now_ms(),
+                        watermark=newest,
+                    )
+                except KeyError:
+                    return None  # released
+                self._polls[name] = count + 1
+                if head is not None:
+                    return head, list(listing.values())
+        raise ConnectorError(
+            self.app, capture.entity, "another poller kept overtaking this one's listings"
+        )
+
+    def head(self, capture: Capture) -> int:
+        return self._inbox(capture, "reading the change head", self.inbox.head, capture.name)
+
+    def read_changes(self, capture: Capture, after: int, limit: int) -> list[RawChange]:
+        return self._inbox(
+            capture, "reading changes", self.inbox.read_changes, capture.name, after, limit
+        )
+
+    def ack(self, capture: Capture, upto: int) -> None:
+        self._inbox(capture, "trimming the inbox", self.inbox.ack, capture.name, upto)
+
+    def wait_for_changes(self, capture: Capture, after: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.head(capture) > after:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAIT_INTERVAL_S)
+
+    def _inbox(self, capture: Capture, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise ConnectorError(self.app, capture.entity, f"{what} failed: {exc}") from exc
+
+    def snapshot(self, capture: Capture, chunk: int) -> tuple[int, Iterator[list[tuple[Any, ...]]]]:
+        if self.options.mode == "poll":
+            # The listing is a poll: the head right after its diff is exactly consistent.
+            polled = self._run(capture.entity, self._poll(capture, complete=True))
+            if polled is None:
+                raise ConnectorError(self.app, capture.entity, "snapshot of a released capture")
+            head, images = polled
+        else:
+            head = self.head(capture)  # before the listing: what changes during it comes after
+            records = self._run(capture.entity, self.client.list(capture.entity))
+            if records is None:
+                raise ConnectorError(self.app, capture.entity, "the collection answers 404")
+            images = [self._image(capture, r) for r in records if isinstance(r, dict)]
+        key_index = capture.key_index
+        try:
+            images.sort(key=lambda image: [_order(image[i]) for i in key_index])
+        except TypeError:
+            pass  # keys of mixed types: listing order
+
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
+            for start in range(0, len(images), max(chunk, 1)):
+                yield images[start : start + chunk]
+
+        return head, chunks()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+        return self._run(capture.entity, self._apply(capture, ops))
+
+    async def _apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+        failures: dict[int, WriteFailure] = {}
+        todo: list[tuple[int, WriteOp, bytes, bytes | None]] = []
+        entries: list[tuple[bytes, str, dict[int, Any] | None]] = []
+        for row, op in enumerate(ops):
+            values: dict[int, Any] = dict(zip(capture.key_index, op.key, strict=True))
+            values.update(op.values)
+            body = None
+            if op.op != "D":
+                fields: dict[str, Any] = {}
+                for i, v in (values if op.op == "I" else op.values).items():
+                    try:
+                        fields[capture.columns[i]] = self._json_of(capture, i, v)
+                    except ValueError as exc:
+                        failures[row] = WriteFailure(row, capture.columns[i], str(exc))
+                        break
+                if row in failures:
+                    continue
+                body = dumps(fields)
+            k = key_bytes(op.key)
+            todo.append((row, op, k, body))
+            entries.append((k, op.op, None if op.op == "D" else values))
+        batch = uuid.uuid4().hex
+        seen = await asyncio.to_thread(self.inbox.begin_write, capture.name, batch, entries)
+        gate = asyncio.Semaphore(self.options.concurrency)
+
+        async def one(op: WriteOp, body: bytes | None, before: bytes, row: int) -> Any:
+            async with gate:
+                return await self._write_one(capture, op, body, before, row)
+
+        results: list[Any] = [None] * len(todo)
+        try:
+            results = await asyncio.gather(
+                *(
+                    one(op, body, before, row)
+                    for (row, op, _, body), before in zip(todo, seen, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            # Even when cancelled: what landed is marked completed, the rest forgotten.
+            landed = [
+                k for (_, _, k, _), result in zip(todo, results, strict=True) if result is True
+            ]
+            missed = [
+                k for (_, _, k, _), result in zip(todo, results, strict=True) if result is not True
+            ]
+            position = await asyncio.to_thread(
+                self.inbox.finish_write, capture.name, batch, landed, missed
+            )
+        for (row, _, _, _), result in zip(todo, results, strict=True):
+            if isinstance(result, WriteFailure):
+                failures[row] = result
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, ConnectorError):
+                    raise result
+                raise ConnectorError(
+                    self.app, capture.entity, f"writing a batch: {type(result).__name__}: {result}"
+                ) from result
+        return WriteResult([failures[r] for r in sorted(failures)], position)
+
+    async def _write_one(
+        self, capture: Capture, op: WriteOp, body: bytes | None, seen: bytes, row: int
+    ) -> bool | WriteFailure:
+        """Write one record: True if it landed, False if it was gone (an update), or the
+        app's refusal."""
+        entity = capture.entity
+        url = self.client.record_url(entity, op.key)
+
+        def key(method: str) -> str:
+            values = sorted(op.values.items())
+            data = pack([capture.name, method, url, op.op, list(op.key), values, seen])
+            return hashlib.sha256(data).hexdigest()
+
+        if op.op == "D":
+            resp = await self.client.request("DELETE", url, entity, key=key("DELETE"))
+            if resp.status < 300 or resp.status in (404, 410):
+                return True
+            return self._failure(capture, row, "DELETE", url, resp)
+        resp = await self.client.request("PATCH", url, entity, body=body, key=key("PATCH"))
+        if resp.status < 300:
+            return True
+        if resp.status in (404, 410):
+            if op.op == "U":
+                return False
+            post = self.client.entity_url(entity)
+            resp = await self.client.request("POST", post, entity, body=body, key=key("POST"))
+            if resp.status < 300:
+                return True
+            if resp.status == 409:  # created meanwhile: update it
+                resp = await self.client.request("PATCH", url, entity, body=body, key=key("PATCH2"))
+                if resp.status < 300:
+                    return True
+            return self._failure(capture, row, "POST", post, resp)
+        return self._failure(capture, row, "PATCH", url, resp)
+
+    def _failure(
+        self, capture: Capture, row: int, method: str, url: str, resp: Response
+    ) -> WriteFailure:
+        text = text_of(resp.body)
+        return WriteFailure(
+            row,
+            _column_of(resp.body, capture),
+            f"{method} {url} answered HTTP {resp.status}: {text}",
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _later(a: Any, b: Any) -> Any:
+    """The later of two watermark values (numbers or text); None is the earliest."""
+    if b is None or isinstance(b, bool):
+        return a
+    if a is None:
+        return b
+    try:
+        return b if b > a else a
+    except TypeError:
+        return a
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    return (0, 0) if value is None else (1, value)
+
+
+_FIELD_KEYS = ("field", "column", "attribute", "property", "param", "path", "loc", "pointer")
+
+
+def _column_of(body: bytes, capture: Capture) -> str | None:
+    """The captured field an app's error body names, if it names one."""
+    columns = capture.columns
+    try:
+        data = loads(body)
+    except ValueError:
+        data = None
+
+    def named(value: Any) -> str | None:
+        if isinstance(value, str):
+            leaf = re.split(r"[./\[\]]+", value.strip("/$"))
+            for part in [value, *reversed(leaf)]:
+                if part in columns:
+                    return part
+        if isinstance(value, list):
+            for part in reversed(value):
+                if isinstance(part, str) and part in columns:
+                    return part
+        return None
+
+    def search(node: Any) -> str | None:
+        if isinstance(node, dict):
+            for k in _FIELD_KEYS:
+                if k in node and (found := named(node[k])):
+                    return found
+            for k, v in node.items():
+                if k in columns and k not in capture.key and isinstance(v, (list, str, dict)):
+                    return str(k)
+            for v in node.values():
+                if found := search(v):
+                    return found
+        elif isinstance(node, list):
+            for v in node:
+                if found := search(v):
+                    return found
+        return None
+
+    found = search(data)
+    if found:
+        return found
+    text = body.decode("utf-8", "replace")
+    for column in columns:
+        if re.search(rf"\b{re.escape(column)}\b", text):
+            return column
+    return None
