@@ -25,16 +25,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 __all__ = [
     "TYPES",
+    "Convert",
     "Json",
     "canonical_type",
     "carries",
     "kind_of",
+    "lenient",
     "parse_timestamp",
     "to_utc",
 ]
@@ -62,6 +65,23 @@ class Json:
     @classmethod
     def loads(cls, text: str | bytes) -> Json:
         return cls(json.loads(text))
+
+
+Convert = Callable[[Any], Any]
+"""A conversion of one value between an application's form and the canonical one."""
+
+
+def lenient(convert: Convert) -> Convert:
+    """A read conversion that keeps the stored value when it does not parse: the target then
+    refuses it as a row-level error naming the record; nothing is dropped on the way."""
+
+    def run(v: Any) -> Any:
+        try:
+            return convert(v)
+        except (ValueError, TypeError, ArithmeticError):
+            return v
+
+    return run
 
 
 def kind_of(declared: str) -> str | None:

@@ -114,9 +114,10 @@ from engine.connectors.base import (
 from engine.connectors.http_client import Client, Response, text_of
 from engine.connectors.http_inbox import Image, Inbox, key_bytes, now_ms
 from engine.connectors.http_options import parse_url
-from engine.connectors.http_values import Convert, dumps, loads, reader, to_json
+from engine.connectors.http_values import dumps, loads, reader, to_json
 from engine.connectors.http_webhook import SIGNATURE_HEADER, WebhookServer, sign
 from engine.errors import ConnectorError
+from engine.values import Convert
 
 __all__ = ["SIGNATURE_HEADER", "HttpConnector", "parse_url", "sign"]
 

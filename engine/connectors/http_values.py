@@ -34,15 +34,13 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.values import Json, parse_timestamp, to_utc
+from engine.values import Convert, Json, parse_timestamp, to_utc
 
 __all__ = ["dumps", "loads", "reader", "to_json"]
 
-Convert = Callable[[Any], Any]
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
@@ -34,9 +33,7 @@ import asyncmy
 
 from engine.connectors.base import Capture
 from engine.errors import ConnectorError
-from engine.values import Json, kind_of, to_utc
-
-Convert = Callable[[Any], Any]
+from engine.values import Convert, Json, kind_of, lenient, to_utc
 
 # Server errors that refuse one record, not the batch.
 ROW_ERRORS = frozenset({
@@ -88,19 +85,6 @@ class Refused(Exception):
 
 
 # -- values ----------------------------------------------------------------------------------
-
-
-def _safe(convert: Convert) -> Convert:
-    """A read conversion that keeps the stored value when it does not parse (the target then
-    refuses it as a row-level error, naming the record: nothing is dropped here)."""
-
-    def run(v: Any) -> Any:
-        try:
-            return convert(v)
-        except (ValueError, TypeError, ArithmeticError):
-            return v
-
-    return run
 
 
 def _bool_in(v: Any) -> Any:
@@ -156,7 +140,7 @@ def _reads(capture: Capture, table: Table) -> list[Convert | None]:
         read = READ.get(kind or "")
         if read is None and info is not None and info.data_type == "time":
             read = _time_in
-        out.append(_safe(read) if read else None)
+        out.append(lenient(read) if read else None)
     return out
 
 

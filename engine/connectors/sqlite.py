@@ -37,8 +37,9 @@ from engine.connectors.base import (
     WriteOp,
     WriteResult,
 )
-from engine.connectors.sqlite_types import READ, WRITE, Convert, canonical_of, safe
+from engine.connectors.sqlite_types import READ, WRITE, canonical_of
 from engine.errors import AppError, ConnectorError
+from engine.values import Convert, lenient
 
 __all__ = ["SqliteConnector", "sqlite_path"]
 
@@ -168,7 +169,7 @@ class SqliteConnector(Connector):
                 declared = columns[column].type if column in columns else ""
                 kind = capture.type_of(i) or canonical_of(declared)
                 read = READ.get(kind or "")
-                reads.append(safe(read) if read else None)
+                reads.append(lenient(read) if read else None)
                 writes.append(WRITE.get(kind or ""))
             codec = self._codecs[capture.name] = (reads, writes)
         return codec

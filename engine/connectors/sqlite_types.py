@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from engine.values import Json, kind_of, parse_timestamp, to_utc
-
-Convert = Callable[[Any], Any]
+from engine.values import Convert, Json, kind_of, parse_timestamp, to_utc
 
 
 def canonical_of(declared: str) -> str | None:
@@ -91,16 +88,3 @@ WRITE: dict[str, Convert] = {
     "uuid": _str_out,
     "json": _json_out,
 }
-
-
-def safe(convert: Convert) -> Convert:
-    """A read conversion that keeps the stored value when it does not parse (the target then
-    refuses it as a row-level error, naming the record: nothing is dropped here)."""
-
-    def run(v: Any) -> Any:
-        try:
-            return convert(v)
-        except (ValueError, TypeError, ArithmeticError):
-            return v
-
-    return run
