@@ -13,6 +13,7 @@ plays, or pausing a paused one changes nothing.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,7 @@ class Coordinator:
             if emap.name in self.pipelines:
                 self._teardown(self.pipelines.pop(emap.name))
             pipeline = self._build(emap.name, spec, mode)
-        ray_api.wait_ready(
-            [ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S
-        )
+        ray_api.get([ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S)
         return spec
 
     def set_mode(self, name: str, mode: str) -> str:
@@ -138,10 +137,6 @@ class Coordinator:
             [ray_api.call(r, "set_mode", wanted.value) for r in readers], timeout=STATUS_TIMEOUT_S
         )
         return wanted.value
-
-    def maps(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {name: p.spec for name, p in self.pipelines.items()}
 
     # -- observation ---------------------------------------------------------------------
 
@@ -201,7 +196,6 @@ class Coordinator:
         first = self._gather(readers, "status")
         if not all(s and s["idle"] and s["head"] == s["read_pos"] for s in first):
             return False
-        deadline = threading.Event()
         for _ in range(100):
             second = self._gather(readers, "status")
             if not all(s and s["idle"] for s in second):
@@ -211,7 +205,7 @@ class Coordinator:
                     a["read_pos"] == b["read_pos"] and b["head"] == b["read_pos"]
                     for a, b in zip(first, second, strict=True)
                 )
-            deadline.wait(0.01)
+            time.sleep(0.01)
         return False
 
     def conflicts(self, name: str, limit: int) -> list[dict[str, Any]]:
@@ -299,27 +293,29 @@ class Coordinator:
         for actor in pipeline.actors():
             ray_api.kill(actor)
 
-    def _gather(self, actors: list[Any], method: str) -> list[Any]:
-        refs = [ray_api.call(a, method) for a in actors]
+    def _gather(
+        self, actors: list[Any], method: str, *args: Any, tolerant: bool = True
+    ) -> list[Any]:
+        """Call ``method`` on every actor at once; None for those that do not answer, or
+        (not ``tolerant``) the first failure raised."""
+        refs = [ray_api.call(a, method, *args) for a in actors]
         out = []
         for ref in refs:
             try:
                 out.append(ray_api.get(ref, timeout=STATUS_TIMEOUT_S))
             except (WorkerLost, EngineError):
+                if not tolerant:
+                    raise
                 out.append(None)
         return out
 
     def _log(self, name: str, method: str, limit: int) -> list[dict[str, Any]]:
         with self._lock:
             p = self._pipeline(name)
-        entries = [e for part in self._gather_args(p.partitions, method, limit) for e in part]
+        parts = self._gather(p.partitions, method, limit, tolerant=False)
+        entries = [e for part in parts for e in part]
         entries.sort(key=lambda e: (e["at_ms"], e["id"]), reverse=True)
         return [{"map": name, **e} for e in entries[:limit]]
-
-    def _gather_args(self, actors: list[Any], method: str, *args: Any) -> list[Any]:
-        return ray_api.get(  # type: ignore[no-any-return]
-            [ray_api.call(a, method, *args) for a in actors], timeout=STATUS_TIMEOUT_S
-        )
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(RECONCILE_EVERY_S):

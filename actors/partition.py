@@ -157,11 +157,6 @@ class Partition:
     def ready(self) -> bool:
         return True
 
-    def cursor(self, side: int) -> int:
-        """The last change sequence of ``side`` merged (-1: never initialised)."""
-        with self._lock:
-            return int(self.cursors[side])
-
     def apply(self, side: int, payload: bytes) -> dict[str, Any]:
         s = Side(side)
         msg = decode(payload, "changes")

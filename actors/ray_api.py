@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -30,7 +29,6 @@ __all__ = [
     "kill",
     "release_name",
     "shutdown",
-    "wait_ready",
 ]
 
 Handle = Any  # a Ray actor handle
@@ -120,10 +118,6 @@ def get(refs: Any, timeout: float | None = None) -> Any:
         raise EngineError(f"{type(cause).__name__}: {cause}") from exc
     except rex.RayError as exc:
         raise EngineError(_first_line(exc)) from exc
-
-
-def wait_ready(refs: Sequence[Ref], timeout: float) -> None:
-    get(list(refs), timeout=timeout)
 
 
 def kill(handle: Handle, *, restart: bool = False) -> None:

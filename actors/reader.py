@@ -149,7 +149,7 @@ class Reader:
                 self.idle = False
                 self._stop.wait(min(1.0, 0.02 * 2 ** min(failures, 6)))
 
-    def _cursors(self, which: Sequence[int] | None = None) -> list[int]:
+    def _flush(self, which: Sequence[int] | None = None) -> list[int]:
         """Flush the partitions (all, or ``which``) and return their durable cursors."""
         chosen = range(len(self.partitions)) if which is None else which
         refs = [ray_api.call(self.partitions[p], "flush", int(self.side)) for p in chosen]
@@ -157,7 +157,7 @@ class Reader:
 
     def _start(self) -> None:
         while True:
-            cursors = self._cursors()
+            cursors = self._flush()
             fresh = [i for i, c in enumerate(cursors) if c < 0]
             if not fresh:
                 break
@@ -215,7 +215,7 @@ class Reader:
         if unflushed:
             # Caught up: make the partitions' last batches durable (their writes are done).
             try:
-                durables = self._cursors(unflushed)
+                durables = self._flush(unflushed)
             except DualsyncError:
                 self.behind.update(unflushed)
                 raise
@@ -235,7 +235,7 @@ class Reader:
         while self.inflight:
             self._collect(self.inflight.popleft())
         for p in sorted(self.behind):
-            cursor = self._cursors([p])[0]
+            cursor = self._flush([p])[0]
             if cursor < 0:
                 self.sent = None  # it lost even its initial sync: start over
                 return

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "Capture",
@@ -119,9 +119,8 @@ class WriteFailure(NamedTuple):
 
 
 class Connector(abc.ABC):
-    """Base class of connectors; see the module docstring for the contract."""
-
-    schemes: ClassVar[tuple[str, ...]] = ()
+    """Base class of connectors; see the module docstring for the contract. URL schemes map
+    to connector classes in `engine.connectors.REGISTRY`."""
 
     def __init__(self, app: str, url: str) -> None:
         self.app = app

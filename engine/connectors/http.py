@@ -129,8 +129,6 @@ STALE_RETRIES = 5  # a snapshot's listing overtaken by another poller's: list ag
 
 
 class HttpConnector(Connector):
-    schemes = ("http", "https")
-
     def __init__(
         self,
         app: str,

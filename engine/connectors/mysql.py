@@ -175,8 +175,6 @@ def mysql_address(url: str) -> Address:
 
 
 class MysqlConnector(Connector):
-    schemes = ("mysql", "mariadb")
-
     def __init__(self, app: str, url: str) -> None:
         super().__init__(app, url)
         try:

@@ -137,8 +137,6 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
 
 
 class PostgresConnector(Connector):
-    schemes = ("postgresql",)
-
     def __init__(self, app: str, url: str) -> None:
         super().__init__(app, url)
         try:

@@ -96,8 +96,6 @@ _COLUMN_IN_ERROR = (
 
 
 class SqliteConnector(Connector):
-    schemes = ("sqlite",)
-
     def __init__(self, app: str, url: str) -> None:
         super().__init__(app, url)
         try:
