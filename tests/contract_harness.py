@@ -69,6 +69,7 @@ class Harness(abc.ABC):
     enforces_not_null: ClassVar[bool] = True  # refuses a NULL name
     enforces_length: ClassVar[bool] = True  # refuses a name longer than NAME_MAX
     typed_capture: ClassVar[bool] = False  # its map must declare field types
+    missing_entity_raises: ClassVar[bool] = True  # a write to an entity that is gone raises
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path

@@ -72,6 +72,7 @@ class HttpHarness(Harness):
     typed_capture = True
     enforces_not_null = False  # json-server stores any JSON: it refuses nothing
     enforces_length = False
+    missing_entity_raises = False  # a collection that is gone answers 404: row failures
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)

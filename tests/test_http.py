@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import socket
+import sqlite3
 import threading
 import urllib.error
 import urllib.parse
@@ -31,9 +32,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.connectors import Capture, RawChange, WriteOp, open_connector
+from engine.connectors import Capture, RawChange, Receipt, WriteOp, WriteReceipt, open_connector
 from engine.connectors.http import SIGNATURE_HEADER, HttpConnector, sign
 from engine.connectors.http_echo import ECHO_TTL_MS, Change, Written, decide
+from engine.connectors.http_inbox import Inbox
 from engine.errors import AppError, ConnectorError
 from engine.values import Json
 
@@ -80,6 +82,7 @@ class ShopApp:
         self.sender = asyncio.get_running_loop().create_task(self._send_events())
         app = web.Application()
         app.router.add_get("/items", self._list)
+        app.router.add_get("/items/{id}", self._get)
         app.router.add_post("/items", self._post)
         app.router.add_patch("/items/{id}", self._patch)
         app.router.add_delete("/items/{id}", self._delete)
@@ -190,6 +193,13 @@ class ShopApp:
 
     async def _list(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.records.values()))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        self.keys.append(("GET", rid, request.headers.get("Idempotency-Key")))
+        if rid not in self.records:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(self.records[rid])
 
     async def _post(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -526,6 +536,93 @@ def test_a_value_json_cannot_hold_is_a_row_failure(shop: ShopApp, tmp_path: Path
         [failure] = result.failures
         assert failure.row == 0 and failure.column == "ratio"
         assert sorted(shop.records) == ["2"]
+    finally:
+        conn.close()
+
+
+# -- moves and receipts ----------------------------------------------------------------------
+
+
+def move(old: int, new: int, name: str, qty: int = 1) -> WriteOp:
+    return WriteOp("M", (new,), {0: new, 1: name, 2: qty}, (old,))
+
+
+def test_a_move_is_a_post_at_the_new_key_and_a_delete_of_the_old_and_never_echoes(
+    shop: ShopApp, hooked: Webhooked
+) -> None:
+    conn = hooked.conn
+    shop.change("insert", 1, {"name": "a", "qty": 1, "note": "not mapped"})
+    wait_until(shop.settled)
+    head = conn.head(CAP)
+    shop.keys.clear()
+    result = conn.apply(CAP, [move(1, 5, "moved", 2), move(7, 8, "nobody")])
+    assert result.failures == []
+    # the fields the map does not carry move along
+    assert shop.records == {"5": {"id": 5, "name": "moved", "qty": 2, "note": "not mapped"}}
+    assert [(m, rid) for m, rid, _ in shop.keys] == [
+        ("GET", "1"), ("GET", "5"), ("POST", "5"), ("DELETE", "1"), ("GET", "7"),
+    ]  # fmt: skip
+    assert all(k is not None for m, _, k in shop.keys if m != "GET")
+    wait_until(shop.settled, what="the echoes of the move to be delivered")
+    assert changes(conn, after=head) == []
+    shop.change("update", 5, {"qty": 9})
+    wait_until(shop.settled)
+    [theirs] = changes(conn, after=head)
+    assert (theirs.op, theirs.old, theirs.new) == ("U", (5, "moved", 2), (5, "moved", 9))
+
+
+def test_an_inbox_of_the_previous_version_gets_the_receipts_failures_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old-inbox.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE receipts (capture TEXT NOT NULL, writer TEXT NOT NULL,"
+        " number INTEGER NOT NULL, position INTEGER NOT NULL,"
+        " PRIMARY KEY (capture, writer)) WITHOUT ROWID"
+    )
+    old.execute("INSERT INTO receipts VALUES ('items_L', 'items/0', 3, 7)")
+    old.commit()
+    old.close()
+    inbox = Inbox(path)
+    try:
+        assert inbox.last_receipt("items_L", "items/0") == WriteReceipt(3, 7, [])
+    finally:
+        inbox.close()
+    Inbox(path).close()  # once is enough
+
+
+def test_a_move_cut_before_its_delete_keeps_the_last_receipt_and_completes_when_resent(
+    shop: ShopApp, tmp_path: Path
+) -> None:
+    conn = HttpConnector("shop", url_of(shop.url, tmp_path, retries=2))
+    try:
+        shop.change("insert", 1, {"name": "a", "qty": 1})
+        shop.change("insert", 5, {"name": "in the way", "qty": 1})
+        conn.prepare(CAP)
+        head = conn.head(CAP)
+        first = conn.apply(CAP, [move(1, 5, "moved")], Receipt("items/0", 1))
+        assert [(f.row, f.column) for f in first.failures] == [(0, "id")]  # 5 is taken
+        assert conn.last_receipt(CAP, "items/0") == WriteReceipt(1, first.position, first.failures)
+        shop.change("delete", 5)
+        conn.poll_now()
+        [gone] = changes(conn, after=head)
+        assert gone.op == "D"
+
+        shop.fail_first[("DELETE", "1")] = [(503, {})] * 2  # the old one cannot be deleted
+        with pytest.raises(ConnectorError, match="503 2 times"):
+            conn.apply(CAP, [move(1, 5, "moved")], Receipt("items/0", 2))
+        assert sorted(shop.records) == ["1", "5"]  # not atomic: both, for now
+        assert conn.last_receipt(CAP, "items/0") == WriteReceipt(  # the previous one
+            1, first.position, first.failures
+        )
+
+        again = conn.apply(CAP, [move(1, 5, "moved")], Receipt("items/0", 2))  # resent
+        assert again.failures == []
+        assert shop.records == {"5": {"id": 5, "name": "moved", "qty": 1}}
+        assert conn.last_receipt(CAP, "items/0") == WriteReceipt(2, again.position, [])
+        conn.poll_now()
+        assert changes(conn, after=gone.seq) == []  # none of it echoes
     finally:
         conn.close()
 

@@ -18,7 +18,14 @@ from typing import Any, NamedTuple
 import psycopg
 import pytest
 
-from engine.connectors import Capture, WriteFailure, WriteOp, open_connector
+from engine.connectors import (
+    Capture,
+    Receipt,
+    WriteFailure,
+    WriteOp,
+    WriteReceipt,
+    open_connector,
+)
 from engine.connectors.postgresql import PostgresConnector, parse_url
 from engine.errors import AppError, ConnectorError
 from engine.values import Json
@@ -534,3 +541,76 @@ def test_refused_records_are_found_in_savepoints_and_the_rest_is_written(
     assert isinstance(result.failures[0], WriteFailure) and "check" in result.failures[0].message
     assert len(app.rows()) == 1 + 200 - 3
     assert len(conn.read_changes(cap, 0, LIMIT)) == 1  # the retried batch is still ours
+
+
+def test_a_move_updates_the_key_so_on_update_cascade_foreign_keys_follow(
+    app: PostgresHarness,
+) -> None:
+    app.db.execute(f"CREATE TABLE {app.table('accounts')} (code text PRIMARY KEY, name text)")
+    app.db.execute(
+        f"CREATE TABLE {app.table('invoices')} (id integer PRIMARY KEY,"
+        f" account text REFERENCES {app.table('accounts')} (code) ON UPDATE CASCADE)"
+    )
+    accounts = Capture("accounts_L", "accounts", ("code", "name"), ("code",))
+    invoices = Capture("invoices_L", "invoices", ("id", "account"), ("id",))
+    app.db.execute(f"INSERT INTO {app.table('accounts')} VALUES ('A1', 'Contoso'), ('B1', 'Tail')")
+    app.db.execute(f"INSERT INTO {app.table('invoices')} VALUES (1, 'A1')")
+    conn = PostgresConnector("finance", app.url)
+    try:
+        conn.prepare(accounts)
+        conn.prepare(invoices)  # another map's capture of the child table
+        result = conn.apply(
+            accounts,
+            [
+                WriteOp("M", ("A2",), {0: "A2", 1: "Contoso Ltd"}, ("A1",)),
+                WriteOp("M", ("A2",), {0: "A2", 1: "Tail"}, ("B1",)),  # onto A2: refused
+            ],
+        )
+        assert [(f.row, f.column) for f in result.failures] == [(1, "code")]
+        rows = app.db.execute(f"SELECT * FROM {app.table('accounts')} ORDER BY 1").fetchall()
+        assert rows == [("A2", "Contoso Ltd"), ("B1", "Tail")]
+        assert app.db.execute(f"SELECT * FROM {app.table('invoices')}").fetchall() == [(1, "A2")]
+        assert conn.read_changes(accounts, 0, LIMIT) == []  # our move: not captured
+        # the cascade is the application's change of the child: its capture sees it
+        [cascaded] = conn.read_changes(invoices, 0, LIMIT)
+        assert (cascaded.op, cascaded.old, cascaded.new) == ("U", (1, "A1"), (1, "A2"))
+    finally:
+        conn.close()
+
+
+def test_receipts_live_in_the_connectors_schema_and_commit_or_roll_back_with_their_batch(
+    app: PostgresHarness, conn: PostgresConnector, cap: Capture
+) -> None:
+    first = conn.apply(cap, [upsert(1)], Receipt("items/0", 1))
+    rows = app.db.execute(f"SELECT * FROM {app.table('_ds_receipts')}").fetchall()
+    assert rows == [(cap.name, "items/0", 1, first.position, None)]  # no refused record
+    # a receipt that cannot be recorded (its table dropped behind our back) fails the batch
+    # inside its transaction: nothing of it is written
+    app.db.execute(f"DROP TABLE {app.table('_ds_receipts')}")
+    with pytest.raises(ConnectorError, match="_ds_receipts"):
+        conn.apply(cap, [upsert(2)], Receipt("items/0", 2))
+    assert sorted(app.rows()) == [1]
+    assert conn.last_receipt(cap, "items/0") is None
+    conn.prepare(cap)  # puts the table back
+    again = conn.apply(cap, [upsert(2)], Receipt("items/0", 2))
+    assert conn.last_receipt(cap, "items/0") == WriteReceipt(2, again.position, [])
+
+
+def test_a_receipts_table_of_the_previous_version_gets_its_failures_column_from_prepare(
+    app: PostgresHarness, conn: PostgresConnector, cap: Capture
+) -> None:
+    table = app.table("_ds_receipts")
+    app.db.execute(f"DROP TABLE {table}")
+    app.db.execute(
+        f"CREATE TABLE {table} (capture text NOT NULL, writer varchar(100) NOT NULL,"
+        " number bigint NOT NULL, position bigint NOT NULL, PRIMARY KEY (capture, writer))"
+    )
+    app.db.execute(f"INSERT INTO {table} VALUES (%s, 'items/0', 1, 0)", (cap.name,))
+    conn.prepare(cap)
+    conn.prepare(cap)  # once is enough
+    assert conn.last_receipt(cap, "items/0") == WriteReceipt(1, 0, [])  # kept, none refused
+    result = conn.apply(cap, [upsert(1), upsert(2, name=None)], Receipt("items/0", 2))
+    assert [(f.row, f.column) for f in result.failures] == [(1, "name")]
+    assert conn.last_receipt(cap, "items/0") == WriteReceipt(2, result.position, result.failures)
+    [(stored,)] = app.db.execute(f"SELECT failures FROM {table}").fetchall()
+    assert stored.startswith("[[1,") and stored.endswith("]]")  # compact JSON

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from engine.connectors import open_connector
-from engine.connectors.base import Capture, Column, RawChange, WriteFailure, WriteOp
+from engine.connectors.base import (
+    Capture,
+    Column,
+    RawChange,
+    Receipt,
+    WriteFailure,
+    WriteOp,
+    WriteReceipt,
+)
 from engine.connectors.sqlite import SqliteConnector
 from engine.errors import AppError, ConnectorError
 
@@ -374,6 +382,131 @@ def test_a_composite_key_entity_is_captured_and_written(app: App, conn: SqliteCo
     conn.apply(LINES, [WriteOp("D", (7, 1), {})])
     assert sorted(app.db.execute("SELECT * FROM lines")) == [(7, 2, 6, "nut")]
     assert app.log_rows(LINES) == 1
+
+
+def test_a_move_of_a_composite_key_record_updates_its_key_in_place(
+    app: App, conn: SqliteConnector
+) -> None:
+    conn.prepare(LINES)
+    app.db.execute("INSERT INTO lines VALUES (7, 1, 3, 'bolt'), (7, 2, 1, 'nut')")
+    head = conn.head(LINES)
+    result = conn.apply(
+        LINES,
+        [
+            WriteOp("M", (7, 3), {0: 7, 1: 3, 2: 1, 3: "nut"}, (7, 2)),  # frees (7, 2)...
+            WriteOp("M", (7, 2), {0: 7, 1: 2, 2: 3, 3: "bolt"}, (7, 1)),  # ...for this one
+            WriteOp("M", (8, 1), {0: 8, 1: 1, 2: 9, 3: "gone"}, (9, 9)),  # nothing at (9, 9)
+            WriteOp("M", (7, 3), {0: 7, 1: 3}, None),  # no old key: refused, not guessed
+        ],
+    )
+    assert [(f.row, f.column) for f in result.failures] == [(3, None)]
+    assert sorted(app.db.execute("SELECT * FROM lines")) == [(7, 2, 3, "bolt"), (7, 3, 1, "nut")]
+    assert changes(conn, head, LINES) == []
+
+
+ACCOUNTS = Capture("accounts_L", "accounts", ("code", "name"), ("code",))
+INVOICES = Capture("invoices_L", "invoices", ("id", "account"), ("id",))
+
+
+def test_a_move_updates_the_key_so_on_update_cascade_foreign_keys_follow(
+    app: App, conn: SqliteConnector
+) -> None:
+    app.db.execute("CREATE TABLE accounts (code TEXT PRIMARY KEY, name TEXT)")
+    app.db.execute(
+        "CREATE TABLE invoices (id INTEGER PRIMARY KEY,"
+        " account TEXT REFERENCES accounts (code) ON UPDATE CASCADE)"
+    )
+    conn.prepare(ACCOUNTS)
+    conn.prepare(INVOICES)  # another map's capture of the child table
+    app.db.execute("INSERT INTO accounts VALUES ('A1', 'Contoso')")
+    app.db.execute("INSERT INTO invoices VALUES (1, 'A1')")
+    heads = conn.head(ACCOUNTS), conn.head(INVOICES)
+
+    result = conn.apply(ACCOUNTS, [WriteOp("M", ("A2",), {0: "A2", 1: "Contoso"}, ("A1",))])
+    assert result.failures == []
+    assert list(app.db.execute("SELECT * FROM accounts")) == [("A2", "Contoso")]
+    assert list(app.db.execute("SELECT * FROM invoices")) == [(1, "A2")]
+    assert changes(conn, heads[0], ACCOUNTS) == []  # our move: not captured
+    # the cascade is the application's change of the child: its capture sees it
+    [cascaded] = changes(conn, heads[1], INVOICES)
+    assert (cascaded.op, cascaded.old, cascaded.new) == ("U", (1, "A1"), (1, "A2"))
+
+    # batches without moves keep the connection's setting: foreign keys unenforced
+    assert conn.apply(ACCOUNTS, [WriteOp("D", ("A2",), {})]).failures == []
+
+
+def test_a_move_the_foreign_keys_forbid_is_a_row_failure_and_the_rest_is_written(
+    app: App, conn: SqliteConnector
+) -> None:
+    app.db.execute("CREATE TABLE accounts (code TEXT PRIMARY KEY, name TEXT)")
+    app.db.execute(
+        "CREATE TABLE invoices (id INTEGER PRIMARY KEY, account TEXT REFERENCES accounts)"
+    )
+    conn.prepare(ACCOUNTS)
+    app.db.execute("INSERT INTO accounts VALUES ('A1', 'Contoso'), ('B1', 'Fabrikam')")
+    app.db.execute("INSERT INTO invoices VALUES (1, 'A1')")
+    result = conn.apply(
+        ACCOUNTS,
+        [
+            WriteOp("M", ("A2",), {0: "A2", 1: "Contoso"}, ("A1",)),  # A1 has an invoice
+            WriteOp("M", ("B2",), {0: "B2", 1: "Fabrikam"}, ("B1",)),
+        ],
+    )
+    assert [f.row for f in result.failures] == [0]
+    assert "FOREIGN KEY" in result.failures[0].message
+    assert sorted(app.db.execute("SELECT * FROM accounts")) == [
+        ("A1", "Contoso"),
+        ("B2", "Fabrikam"),
+    ]
+
+
+def test_receipts_live_in_the_application_file_and_release_drops_only_their_capture(
+    app: App, conn: SqliteConnector
+) -> None:
+    conn.prepare(LINES)
+    conn.apply(CUSTOMERS, [upsert("C1", "Contoso")], Receipt("customers/0", 4))
+    conn.apply(LINES, [], Receipt("lines/0", 8))
+    assert sorted(app.db.execute("SELECT capture, writer, number FROM _ds_receipts")) == [
+        ("customers_L", "customers/0", 4),
+        ("lines_L", "lines/0", 8),
+    ]
+    conn.release(CUSTOMERS)
+    assert list(app.db.execute("SELECT capture FROM _ds_receipts")) == [("lines_L",)]
+    fresh = SqliteConnector("finance", app.url)  # nothing prepared: no table needed to ask
+    try:
+        assert fresh.last_receipt(CUSTOMERS, "customers/0") is None
+    finally:
+        fresh.close()
+    other = app.path.with_name("empty.db")
+    connect(other).close()
+    empty = SqliteConnector("empty", f"sqlite:///{other}")
+    try:
+        assert empty.last_receipt(CUSTOMERS, "customers/0") is None  # never prepared
+    finally:
+        empty.close()
+
+
+def test_a_receipt_holds_the_refused_records_and_an_older_table_gets_the_column(
+    app: App, conn: SqliteConnector
+) -> None:
+    app.db.execute("DROP TABLE _ds_receipts")
+    app.db.execute(  # as the previous version made it
+        "CREATE TABLE _ds_receipts (capture TEXT NOT NULL, writer TEXT NOT NULL, number INTEGER"
+        " NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (capture, writer)) WITHOUT ROWID"
+    )
+    app.db.execute("INSERT INTO _ds_receipts VALUES ('customers_L', 'customers/0', 1, 0)")
+    conn.prepare(CUSTOMERS)
+    conn.prepare(CUSTOMERS)  # once is enough
+    assert conn.last_receipt(CUSTOMERS, "customers/0") == WriteReceipt(1, 0, [])
+    ops = [upsert("C1", "Contoso"), upsert("C2", None), upsert("C3", "Tail", limit=-1)]
+    result = conn.apply(CUSTOMERS, ops, Receipt("customers/0", 2))
+    assert [(f.row, f.column) for f in result.failures] == [(1, "name"), (2, "credit_limit")]
+    receipt = conn.last_receipt(CUSTOMERS, "customers/0")
+    assert receipt == WriteReceipt(2, result.position, result.failures)
+    [(stored,)] = app.db.execute("SELECT failures FROM _ds_receipts")
+    assert stored.startswith('[[1,"name","') and ',[2,"credit_limit","' in stored  # compact
+    conn.apply(CUSTOMERS, [upsert("C4", "Fabrikam")], Receipt("customers/0", 3))
+    assert list(app.db.execute("SELECT failures FROM _ds_receipts")) == [(None,)]  # none: NULL
 
 
 # -- snapshot, ack, head -------------------------------------------------------------------

@@ -13,8 +13,10 @@ from engine.connectors.base import (
     Connector,
     EntitySchema,
     RawChange,
+    Receipt,
     WriteFailure,
     WriteOp,
+    WriteReceipt,
     WriteResult,
 )
 from engine.errors import AppError
@@ -25,8 +27,10 @@ __all__ = [
     "Connector",
     "EntitySchema",
     "RawChange",
+    "Receipt",
     "WriteFailure",
     "WriteOp",
+    "WriteReceipt",
     "WriteResult",
     "connector_class",
     "open_connector",

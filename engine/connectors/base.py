@@ -9,12 +9,39 @@ A connector talks to one application (one URL). The engine asks it, per map side
 - ``read_changes(capture, after, limit)``: changes with sequence > ``after``, oldest first;
 - ``wait_for_changes(capture, after, timeout)``: block until a change past ``after`` exists;
 - ``ack(capture, upto)``: changes up to ``upto`` are durably merged and may be dropped;
-- ``apply(capture, ops)``: write a batch in one transaction. Our own writes must never be
-  captured as changes (no echo). The result says where the write landed in the change log
-  (``position``: every change with a sequence up to it committed before the write, every later
-  one after it), so the engine knows what the application holds at every point of its log.
-  Records the application refuses come back as `WriteFailure`; the rest of the batch is
-  written.
+- ``apply(capture, ops, receipt)``: write a batch in one transaction. Our own writes must
+  never be captured as changes (no echo). The result says where the write landed in the
+  change log (``position``: every change with a sequence up to it committed before the write,
+  every later one after it), so the engine knows what the application holds at every point
+  of its log. Records the application refuses come back as `WriteFailure`; the rest of the
+  batch is written. With a `Receipt`, the connector records ``(capture, writer) -> (number,
+  position, failures)`` in the same transaction: it is recorded if and only if the batch
+  committed (refused records included: the rest committed, and ``failures`` lists the refused
+  ones exactly as the `WriteResult` does: same rows, columns and whole messages, in row
+  order), one statement per batch. A batch that raises records nothing. An empty batch with
+  a receipt records it too.
+- ``last_receipt(capture, writer)``: the `WriteReceipt` of the last batch ``writer`` applied
+  with a receipt, or None: what the engine asks after a crash, from any process, to learn
+  whether a batch it sent landed, where, and which of its records the application refused
+  (so it never believes the side holds a value it refused). ``release`` drops the capture's
+  receipts.
+
+Write ops (`WriteOp`):
+
+- ``I`` upserts the record at ``key`` with ``values``; ``U`` updates the given ``values`` of
+  the record at ``key`` (nothing if there is none); ``D`` deletes it (nothing if gone).
+- ``M`` moves a record whose key changed: the record the application holds at ``old``
+  becomes the record at ``key``, with ``values`` (every captured column, key columns
+  included, equal to ``key``). SQL connectors run ``UPDATE ... SET <every column> WHERE <key>
+  = <old>``: a real update of the key, so the application's ON UPDATE CASCADE foreign keys
+  follow. No record at ``old``: nothing is written and it is no failure (the application
+  moved or deleted it; its change stream says so). A record at ``key`` already: a row-level
+  `WriteFailure` naming the key column, like any refused record.
+- Order inside a batch: deletes first, then moves in the order given (a chain of moves is
+  given the one whose target is free first; a cycle cannot be written), then updates and
+  inserts, so an ``I`` at a moved record's old key in the same batch creates a new record.
+  Otherwise a batch holds at most one op per key (an ``M`` holds its ``key``; its ``old`` may
+  be the ``key`` of an ``I`` or ``U`` that follows it).
 
 Drivers' exceptions are translated into `ConnectorError` inside the connector. Every method
 works in batches: no call is made per record on the hot path.
@@ -23,9 +50,12 @@ works in batches: no call is made per record on the hot path.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from engine.errors import ConnectorError
 
 __all__ = [
     "Capture",
@@ -33,8 +63,10 @@ __all__ = [
     "Connector",
     "EntitySchema",
     "RawChange",
+    "Receipt",
     "WriteFailure",
     "WriteOp",
+    "WriteReceipt",
     "WriteResult",
 ]
 
@@ -91,16 +123,40 @@ class RawChange(NamedTuple):
 
 
 class WriteOp(NamedTuple):
-    """One record to write: ``I`` upsert, ``U`` update, ``D`` delete.
+    """One record to write: ``I`` upsert, ``U`` update, ``D`` delete, ``M`` move.
 
     ``key`` holds the key values in capture key order; ``values`` maps capture column index
-    to value (unused for deletes). A batch holds at most one op per key, so a connector may
-    apply them in any order (the SQLite connector groups them by kind and columns).
+    to value (unused for deletes; for a move every captured column). ``old``, for a move
+    only, is the key the record has now (in capture key order). Connectors apply a batch
+    deletes first, then moves in the order given, then updates and inserts (see the module
+    docstring); within a kind they may group records by columns.
     """
 
-    op: str
+    op: str  # "I" upsert, "U" update, "D" delete, "M" move
     key: tuple[Any, ...]
     values: dict[int, Any]
+    old: tuple[Any, ...] | None = None  # "M" only: the key the row has now
+
+
+OP_ORDER = {"D": 0, "M": 1, "U": 2, "I": 2}
+"""The order in which connectors apply the kinds of ops of a batch: moves as given; updates
+and upserts in any order among themselves."""
+
+RECEIPT_WRITER_MAX = 100
+
+
+def move_problem(capture: Capture, op: WriteOp) -> str | None:
+    """Why a move cannot be written as given (a row failure), or None."""
+    if op.old is None or len(op.old) != len(capture.key):
+        return f"a move needs the old key ({len(capture.key)} values), found {op.old!r}"
+    return None
+
+
+class Receipt(NamedTuple):
+    """Who wrote a batch and its number: recorded with the batch, atomically."""
+
+    writer: str  # e.g. "customers/3" (a map's partition); at most 100 characters
+    number: int  # that writer's batch number; increases with every batch it sends
 
 
 class WriteResult(NamedTuple):
@@ -116,6 +172,32 @@ class WriteFailure(NamedTuple):
     row: int
     column: str | None
     message: str
+
+
+class WriteReceipt(NamedTuple):
+    """What the last batch a writer applied with a receipt came to."""
+
+    number: int
+    position: int
+    failures: list[WriteFailure]  # the refused records of that batch (row index, column, message)
+
+
+def pack_failures(failures: Sequence[WriteFailure]) -> str | None:
+    """The refused records of a batch as receipt tables store them: None when there are none
+    (most batches), else a compact JSON list ``[[row, column or null, message], ...]`` in the
+    order given (the `WriteResult`'s). ASCII only (``\\uXXXX`` escapes), so any column charset
+    holds it and NUL or a lone surrogate in a message survives; messages are kept whole."""
+    if not failures:
+        return None
+    rows = [[int(f.row), f.column, f.message] for f in failures]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def unpack_failures(stored: str | bytes | None) -> list[WriteFailure]:
+    """The inverse of `pack_failures` (NULL, or an empty list, is no failure)."""
+    if not stored:
+        return []
+    return [WriteFailure(int(row), column, message) for row, column, message in json.loads(stored)]
 
 
 class Connector(abc.ABC):
@@ -154,7 +236,30 @@ class Connector(abc.ABC):
     def ack(self, capture: Capture, upto: int) -> None: ...
 
     @abc.abstractmethod
-    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult: ...
+    def apply(
+        self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None
+    ) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
+        """The number, position and refused records of the last batch `writer` applied to
+        `capture` with a receipt, or None."""
+
+    def _check_receipt(self, capture: Capture, receipt: Receipt | None) -> None:
+        """`ConnectorError` (before anything is written) for a receipt no table can hold."""
+        if receipt is None:
+            return
+        problem = ""
+        if not isinstance(receipt.writer, str) or not 0 < len(receipt.writer) <= RECEIPT_WRITER_MAX:
+            problem = f"a receipt's writer is 1 to {RECEIPT_WRITER_MAX} characters of text"
+        elif isinstance(receipt.number, bool) or not isinstance(receipt.number, int):
+            problem = "a receipt's number is an integer"
+        elif not -(2**63) <= receipt.number < 2**63:
+            problem = "a receipt's number fits in 64 bits"
+        if problem:
+            raise ConnectorError(
+                self.app, capture.entity, f"{problem}, found {receipt.writer!r}, {receipt.number!r}"
+            )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -63,6 +63,19 @@ REST app has no batch endpoint, so one request per record, but never one at a ti
   not carry. Deciding by the response code costs a second request only for new records.
 - ``U``: ``PATCH /entity/<key>`` with the given fields; 404 means the record is gone: nothing.
 - ``D``: ``DELETE /entity/<key>``; 404 is fine (gone already).
+- ``M`` (a move: the record's key changed): a REST API usually cannot change a record's id,
+  so ``GET /entity/<old>`` (404: gone, nothing to do, no failure), ``GET /entity/<key>`` (a
+  record there is a failure naming the key field, unless it already holds exactly the moved
+  values: an earlier attempt of this move), ``POST /entity`` with the old record's fields
+  and ours on top (the fields the map does not carry move along), then ``DELETE
+  /entity/<old>``. NOTE: not atomic, as nothing over several requests is: a crash or a
+  failure between the POST and the DELETE leaves both records (the batch raises, or the
+  DELETE's refusal is the record's failure); the engine sends the move again and it
+  completes (the record at the new key is recognised as ours). Meanwhile others see the
+  record at both keys (never at neither). Moves go one after the other, four requests each.
+
+A batch goes deletes first, then moves in the order given, then updates and upserts
+(concurrently within each; a batch of upserts and updates alone is one concurrent round).
 
 Each request carries an ``Idempotency-Key``: a hash of the capture, method, record, values
 and what the record held before, so a retried request cannot apply twice at an app that
@@ -72,50 +85,58 @@ the batch is written. 429, 5xx and connection errors are retried; if they persis
 raises `ConnectorError` after every other request finished (the engine sends it again; PATCH
 first makes that safe).
 
-Echo suppression: before sending, what we write is recorded in the inbox; a poll or event
-that shows a record holding what we wrote is our echo and is not logged. A write's
-``position`` is the inbox head when the batch completes (see `http_inbox` for why this is
-exact). ``describe`` lists the collection's first page: its columns are the fields seen. An
-empty collection shows none: then it reports the columns of the captures prepared on it, and
+Echo suppression: before sending, what we write is recorded in the inbox (a move as the
+create at its new key and the delete at its old one); a poll or event that shows a record
+holding what we wrote is our echo and is not logged. A write's ``position`` is the inbox
+head when the batch completes (see `http_inbox` for why this is exact).
+
+Receipts: HTTP has no transactions. A batch's `Receipt` is recorded in the inbox (the
+engine's side, a table ``receipts`` there, with the batch's refused records) in the
+transaction that marks the batch completed, once every request of the batch has finished,
+and only if none raised: a crash mid-batch leaves the previous receipt, though some of the
+batch's requests may have landed (the engine sends it again; PATCH first and the idempotency
+keys make that safe). `last_receipt` reads the inbox, so it answers on the machine whose
+inbox the writer used.
+
+``describe`` lists the collection's first page: its columns are the fields seen. An empty
+collection shows none: then it reports the columns of the captures prepared on it, and
 accepts any other name (the schema check cannot be made; a field the app refuses shows up
 as row errors). Every aiohttp, socket and inbox error becomes a `ConnectorError`.
 
 Modules: ``http_options`` (the URL), ``http_client`` (requests, retries, pages),
 ``http_values`` (JSON forms), ``http_inbox`` (the inbox), ``http_echo`` (what is a change,
-what is our echo: sans I/O), ``http_webhook`` (the endpoint).
+what is our echo: sans I/O), ``http_webhook`` (the endpoint), ``http_writes`` (the writes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
 
-from engine.codec import pack
 from engine.connectors.base import (
     Capture,
     Column,
     Connector,
     EntitySchema,
     RawChange,
-    WriteFailure,
+    Receipt,
     WriteOp,
+    WriteReceipt,
     WriteResult,
 )
-from engine.connectors.http_client import Client, Response, text_of
+from engine.connectors.http_client import Client
 from engine.connectors.http_inbox import Image, Inbox, key_bytes, now_ms
 from engine.connectors.http_options import parse_url
-from engine.connectors.http_values import dumps, loads, reader, to_json
+from engine.connectors.http_values import reader, to_json
 from engine.connectors.http_webhook import SIGNATURE_HEADER, WebhookServer, sign
+from engine.connectors.http_writes import Writes
 from engine.errors import ConnectorError
 from engine.values import Convert
 
@@ -153,6 +174,9 @@ class HttpConnector(Connector):
         self._thread: threading.Thread | None = None
         # owned by the loop's thread:
         self.client = Client(app, self.options, sleep or asyncio.sleep)
+        self._writes = Writes(
+            app, self.options, self.client, self.inbox, self._image, self._json_of
+        )
         self._poller: asyncio.Task[None] | None = None
         self._webhook: WebhookServer | None = None
         self._poll_locks: dict[str, asyncio.Lock] = {}
@@ -411,114 +435,15 @@ class HttpConnector(Connector):
 
     # -- writes --------------------------------------------------------------------------
 
-    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
-        return self._run(capture.entity, self._apply(capture, ops))
+    def apply(
+        self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None
+    ) -> WriteResult:
+        self._check_receipt(capture, receipt)
+        return self._run(capture.entity, self._writes.apply(capture, ops, receipt))
 
-    async def _apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
-        failures: dict[int, WriteFailure] = {}
-        todo: list[tuple[int, WriteOp, bytes, bytes | None]] = []
-        entries: list[tuple[bytes, str, dict[int, Any] | None]] = []
-        for row, op in enumerate(ops):
-            values: dict[int, Any] = dict(zip(capture.key_index, op.key, strict=True))
-            values.update(op.values)
-            body = None
-            if op.op != "D":
-                fields: dict[str, Any] = {}
-                for i, v in (values if op.op == "I" else op.values).items():
-                    try:
-                        fields[capture.columns[i]] = self._json_of(capture, i, v)
-                    except ValueError as exc:
-                        failures[row] = WriteFailure(row, capture.columns[i], str(exc))
-                        break
-                if row in failures:
-                    continue
-                body = dumps(fields)
-            k = key_bytes(op.key)
-            todo.append((row, op, k, body))
-            entries.append((k, op.op, None if op.op == "D" else values))
-        batch = uuid.uuid4().hex
-        seen = await asyncio.to_thread(self.inbox.begin_write, capture.name, batch, entries)
-        gate = asyncio.Semaphore(self.options.concurrency)
-
-        async def one(op: WriteOp, body: bytes | None, before: bytes, row: int) -> Any:
-            async with gate:
-                return await self._write_one(capture, op, body, before, row)
-
-        results: list[Any] = [None] * len(todo)
-        try:
-            results = await asyncio.gather(
-                *(
-                    one(op, body, before, row)
-                    for (row, op, _, body), before in zip(todo, seen, strict=True)
-                ),
-                return_exceptions=True,
-            )
-        finally:
-            # Even when cancelled: what landed is marked completed, the rest forgotten.
-            landed = [
-                k for (_, _, k, _), result in zip(todo, results, strict=True) if result is True
-            ]
-            missed = [
-                k for (_, _, k, _), result in zip(todo, results, strict=True) if result is not True
-            ]
-            position = await asyncio.to_thread(
-                self.inbox.finish_write, capture.name, batch, landed, missed
-            )
-        for (row, _, _, _), result in zip(todo, results, strict=True):
-            if isinstance(result, WriteFailure):
-                failures[row] = result
-        for result in results:
-            if isinstance(result, BaseException):
-                if isinstance(result, ConnectorError):
-                    raise result
-                raise ConnectorError(
-                    self.app, capture.entity, f"writing a batch: {type(result).__name__}: {result}"
-                ) from result
-        return WriteResult([failures[r] for r in sorted(failures)], position)
-
-    async def _write_one(
-        self, capture: Capture, op: WriteOp, body: bytes | None, seen: bytes, row: int
-    ) -> bool | WriteFailure:
-        """Write one record: True if it landed, False if it was gone (an update), or the
-        app's refusal."""
-        entity = capture.entity
-        url = self.client.record_url(entity, op.key)
-
-        def key(method: str) -> str:
-            values = sorted(op.values.items())
-            data = pack([capture.name, method, url, op.op, list(op.key), values, seen])
-            return hashlib.sha256(data).hexdigest()
-
-        if op.op == "D":
-            resp = await self.client.request("DELETE", url, entity, key=key("DELETE"))
-            if resp.status < 300 or resp.status in (404, 410):
-                return True
-            return self._failure(capture, row, "DELETE", url, resp)
-        resp = await self.client.request("PATCH", url, entity, body=body, key=key("PATCH"))
-        if resp.status < 300:
-            return True
-        if resp.status in (404, 410):
-            if op.op == "U":
-                return False
-            post = self.client.entity_url(entity)
-            resp = await self.client.request("POST", post, entity, body=body, key=key("POST"))
-            if resp.status < 300:
-                return True
-            if resp.status == 409:  # created meanwhile: update it
-                resp = await self.client.request("PATCH", url, entity, body=body, key=key("PATCH2"))
-                if resp.status < 300:
-                    return True
-            return self._failure(capture, row, "POST", post, resp)
-        return self._failure(capture, row, "PATCH", url, resp)
-
-    def _failure(
-        self, capture: Capture, row: int, method: str, url: str, resp: Response
-    ) -> WriteFailure:
-        text = text_of(resp.body)
-        return WriteFailure(
-            row,
-            _column_of(resp.body, capture),
-            f"{method} {url} answered HTTP {resp.status}: {text}",
+    def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
+        return self._inbox(
+            capture, "reading a receipt", self.inbox.last_receipt, capture.name, writer
         )
 
 
@@ -539,53 +464,3 @@ def _later(a: Any, b: Any) -> Any:
 
 def _order(value: Any) -> tuple[int, Any]:
     return (0, 0) if value is None else (1, value)
-
-
-_FIELD_KEYS = ("field", "column", "attribute", "property", "param", "path", "loc", "pointer")
-
-
-def _column_of(body: bytes, capture: Capture) -> str | None:
-    """The captured field an app's error body names, if it names one."""
-    columns = capture.columns
-    try:
-        data = loads(body)
-    except ValueError:
-        data = None
-
-    def named(value: Any) -> str | None:
-        if isinstance(value, str):
-            leaf = re.split(r"[./\[\]]+", value.strip("/$"))
-            for part in [value, *reversed(leaf)]:
-                if part in columns:
-                    return part
-        if isinstance(value, list):
-            for part in reversed(value):
-                if isinstance(part, str) and part in columns:
-                    return part
-        return None
-
-    def search(node: Any) -> str | None:
-        if isinstance(node, dict):
-            for k in _FIELD_KEYS:
-                if k in node and (found := named(node[k])):
-                    return found
-            for k, v in node.items():
-                if k in columns and k not in capture.key and isinstance(v, (list, str, dict)):
-                    return str(k)
-            for v in node.values():
-                if found := search(v):
-                    return found
-        elif isinstance(node, list):
-            for v in node:
-                if found := search(v):
-                    return found
-        return None
-
-    found = search(data)
-    if found:
-        return found
-    text = body.decode("utf-8", "replace")
-    for column in columns:
-        if re.search(rf"\b{re.escape(column)}\b", text):
-            return column
-    return None

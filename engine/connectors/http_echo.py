@@ -62,7 +62,7 @@ class Written(NamedTuple):
     values: dict[int, Any] | None  # by column index; None for a delete
     done: int | None  # the ticket at which its batch completed; None while in flight
     at_ms: int  # when it was sent (in flight) or completed
-    batch: str  # the batch it belongs to
+    batch: str  # the batch it belongs to, and its place there ("<batch>/<entry>")
 
 
 class Change(NamedTuple):

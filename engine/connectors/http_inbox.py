@@ -19,6 +19,10 @@ Tables (what must survive a restart, and nothing else):
   oldest first), each recorded *before* its request is sent and marked with the fetch
   ticket at which its batch completed. It is how our own writes are recognised (echo
   suppression).
+- ``receipts``: per (capture, writer), the number, position and refused records
+  (``failures``, as `engine.connectors.base.pack_failures` spells them: NULL when none) of
+  the last batch that writer completed with a `Receipt`, recorded in the transaction that
+  marks the batch completed.
 - ``clock``: one counter of fetch tickets. A poll takes a ticket before it fetches; a write
   batch takes one when it completes. So a listing whose ticket is above a write's knows it
   was fetched after that write landed.
@@ -39,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.codec import pack, unpack
-from engine.connectors.base import Capture, RawChange
+from engine.connectors.base import (
+    Capture,
+    RawChange,
+    WriteFailure,
+    WriteReceipt,
+    pack_failures,
+    unpack_failures,
+)
 from engine.connectors.http_echo import Change, Written, decide
 
 __all__ = ["Image", "Inbox", "key_bytes", "now_ms"]
@@ -102,6 +113,13 @@ class Inbox:
                 "CREATE TABLE IF NOT EXISTS written (capture TEXT NOT NULL, key BLOB NOT NULL,"
                 " pending BLOB NOT NULL, PRIMARY KEY (capture, key)) WITHOUT ROWID"
             )
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS receipts (capture TEXT NOT NULL, writer TEXT NOT NULL,"
+                " number INTEGER NOT NULL, position INTEGER NOT NULL, failures TEXT,"
+                " PRIMARY KEY (capture, writer)) WITHOUT ROWID"
+            )
+            if "failures" not in {r[1] for r in c.execute("PRAGMA table_info(receipts)")}:
+                c.execute("ALTER TABLE receipts ADD COLUMN failures TEXT")  # an older inbox
 
     def close(self) -> None:
         with self._lock:
@@ -171,6 +189,7 @@ class Inbox:
             c.execute("DELETE FROM captures WHERE name = ?", (name,))
             c.execute("DELETE FROM shadow WHERE capture = ?", (name,))
             c.execute("DELETE FROM written WHERE capture = ?", (name,))
+            c.execute("DELETE FROM receipts WHERE capture = ?", (name,))
 
     def capture(self, name: str) -> Capture | None:
         """A capture prepared by any connector of this inbox, by name."""
@@ -179,6 +198,16 @@ class Inbox:
             return None
         entity, columns, key, types = unpack(rows[0][0])
         return Capture(name, entity, tuple(columns), tuple(key), tuple(types))
+
+    def last_receipt(self, name: str, writer: str) -> WriteReceipt | None:
+        rows = self._read(
+            "SELECT number, position, failures FROM receipts WHERE capture = ? AND writer = ?",
+            (name, writer),
+        )
+        if not rows:
+            return None
+        number, position, failures = rows[0]
+        return WriteReceipt(int(number), int(position), unpack_failures(failures))
 
     def watermark(self, name: str) -> Any:
         rows = self._read("SELECT watermark FROM captures WHERE name = ?", (name,))
@@ -324,49 +353,64 @@ class Inbox:
         entries: Sequence[tuple[bytes, str, dict[int, Any] | None]],
     ) -> list[bytes]:
         """Record what batch ``batch`` is about to write, before it is sent: ``(key, op,
-        values)``, values None for a delete. Returns, per record, what it was known to hold
-        before (its shadow image and our writes still pending, packed): part of the keys
-        that make a request idempotent yet new for a later write of the same values."""
+        values)`` in the order the writes happen (values None for a delete; a record may be
+        written twice: deleted by a move, then created). Returns, per entry, what its record
+        was known to hold before (its shadow image and our writes still pending, packed):
+        part of the keys that make a request idempotent yet new for a later write of the
+        same values."""
         out: list[bytes] = []
         now = now_ms()
         with self._write() as c:
-            for k, op, values in entries:
+            for n, (k, op, values) in enumerate(entries):
                 shadow = _one(c, "SELECT image FROM shadow WHERE capture = ? AND key = ?", name, k)
                 packed = _one(
                     c, "SELECT pending FROM written WHERE capture = ? AND key = ?", name, k
                 )
                 out.append(pack([shadow, packed]))
                 pending = _pending(packed)
-                pending.append(Written(op, values, None, now, batch))
+                pending.append(Written(op, values, None, now, _tag(batch, n)))
                 _store(c, name, k, pending)
         return out
 
     def finish_write(
-        self, name: str, batch: str, landed: Sequence[bytes], missed: Sequence[bytes]
+        self,
+        name: str,
+        batch: str,
+        outcomes: Sequence[tuple[bytes, bool]],
+        receipt: tuple[str, int] | None = None,
+        failures: Sequence[WriteFailure] = (),
     ) -> int:
-        """Mark batch ``batch`` completed: the ``landed`` records hold what we wrote; the
-        ``missed`` ones were not written (refused, gone, or unknown). Returns the write's
-        position: the log head now."""
+        """Mark batch ``batch`` completed: per entry of `begin_write`, in its order, ``(key,
+        landed)``: landed, the record holds what we wrote; else it was not written (refused,
+        gone, or unknown). With ``receipt`` (writer, number), record it at the position with
+        ``failures``, the batch's refused records. Returns the write's position: the log head
+        now."""
         now = now_ms()
         with self._write() as c:
             c.execute("UPDATE clock SET ticket = ticket + 1 WHERE id = 1")
             done = int(c.execute("SELECT ticket FROM clock WHERE id = 1").fetchone()[0])
-            for keys, hit in ((landed, True), (missed, False)):
-                for k in keys:
-                    pending = _pending(
-                        _one(
-                            c, "SELECT pending FROM written WHERE capture = ? AND key = ?", name, k
-                        )
-                    )
-                    if hit:
-                        pending = [
-                            w._replace(done=done, at_ms=now) if w.batch == batch else w
-                            for w in pending
-                        ]
-                    else:
-                        pending = [w for w in pending if w.batch != batch]
-                    _store(c, name, k, pending)
-            return _head(c, name)
+            for n, (k, hit) in enumerate(outcomes):
+                tag = _tag(batch, n)
+                pending = _pending(
+                    _one(c, "SELECT pending FROM written WHERE capture = ? AND key = ?", name, k)
+                )
+                if hit:
+                    pending = [
+                        w._replace(done=done, at_ms=now) if w.batch == tag else w for w in pending
+                    ]
+                else:
+                    pending = [w for w in pending if w.batch != tag]
+                _store(c, name, k, pending)
+            position = _head(c, name)
+            if receipt is not None:
+                c.execute(
+                    "INSERT INTO receipts (capture, writer, number, position, failures)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (capture, writer) DO UPDATE SET"
+                    " number = excluded.number, position = excluded.position,"
+                    " failures = excluded.failures",
+                    (name, *receipt, position, pack_failures(failures)),
+                )
+            return position
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -410,6 +454,11 @@ class Inbox:
             c.executemany(
                 f"INSERT INTO {log_table(name)} (op, at_ms, old, new) VALUES (?, ?, ?, ?)", logs
             )
+
+
+def _tag(batch: str, entry: int) -> str:
+    """The batch tag of one write (`Written.batch`): its batch and its place in it."""
+    return f"{batch}/{entry}"
 
 
 def _pending(packed: bytes | None) -> list[Written]:

@@ -42,18 +42,31 @@ nothing, not the application's transaction (short of waits it cannot foresee: a 
 another transaction is inserting, a foreign key's parent); it retries with a jittered backoff
 for up to `RETRY_BUDGET_S`.
 
+Receipts: ``_ds_receipts (capture, writer, number, position, failures)`` in the database,
+keyed by (capture, writer), created by `prepare` (which adds ``failures`` to a table made
+before it existed). A batch with a `Receipt` upserts its row in the packet that commits it,
+once its refused records are known: recorded if and only if the batch commits.
+``failures`` (LONGTEXT, ASCII JSON) holds them as `base.pack_failures` spells them (NULL when
+there are none); the statement carries them whole, so together they must fit the server's
+``max_allowed_packet``.
+
 No echo: our write transaction sets ``@dualsync_writing`` to the capture's name and resets it
 before commit; that capture's triggers log nothing while it is set (another map's capture on
 the same table still sees our writes, as it must).
 
-Writes: one transaction per batch, grouped by kind and columns. Upserts are multi-row
-``INSERT ... ON DUPLICATE KEY UPDATE`` when the capture key is the only unique key a new row
-can collide on; otherwise (ODKU would update whichever row collides) the rows are updated by
-key and the missing ones inserted. Updates and deletes are per-row statements sent many per
-packet. A refused record (constraint, range, length, bad JSON...) is found by bisecting the
-batch within savepoints, only on that failure path, and reported as a `WriteFailure` naming
-the column the server names. Values the server would round silently (more decimals than the
-column's scale, more fractional seconds than its precision) are refused before sending.
+Writes: one transaction per batch, grouped by kind and columns: deletes, then moves in the
+order given, then updates and upserts. Upserts are multi-row ``INSERT ... ON DUPLICATE KEY
+UPDATE`` when the capture key is the only unique key a new row can collide on; otherwise
+(ODKU would update whichever row collides) the rows are updated by key and the missing ones
+inserted. Updates and deletes are per-row statements sent many per packet. A move (``M``) is
+``UPDATE <entity> SET <key and every column> = ... WHERE <key> = <old key>``, also many per
+packet: a real update of the key (InnoDB's ON UPDATE CASCADE foreign keys follow); no row at
+the old key updates nothing; a row at the new key is a duplicate-key failure of that record.
+Both keys of a move are locked with the batch's rows. A refused record (constraint, range,
+length, bad JSON...) is found by bisecting the batch within savepoints, only on that failure
+path, and reported as a `WriteFailure` naming the column the server names. Values the server
+would round silently (more decimals than the column's scale, more fractional seconds than its
+precision) are refused before sending.
 
 Values (`engine.values`): TINYINT(1)/BOOLEAN and BIT(1) hold bool; DECIMAL, Decimal;
 TIMESTAMP and DATETIME, an aware UTC datetime; JSON (MySQL's type, or MariaDB's LONGTEXT with
@@ -90,12 +103,16 @@ from engine.connectors.base import (
     Connector,
     EntitySchema,
     RawChange,
+    Receipt,
     WriteFailure,
     WriteOp,
+    WriteReceipt,
     WriteResult,
+    unpack_failures,
 )
 from engine.connectors.mysql_sql import (
     PACKET,
+    RECEIPTS,
     Batch,
     Group,
     _groups,
@@ -107,6 +124,7 @@ from engine.connectors.mysql_sql import (
     log_column,
     log_table,
     q,
+    receipt_sql,
 )
 from engine.connectors.mysql_types import (
     DRIVER_ERRORS,
@@ -454,6 +472,21 @@ class MysqlConnector(Connector):
                 f"INSERT INTO {q(GATE)} (name, seq) VALUES ({lit(capture.name)}, 0)"
                 " ON DUPLICATE KEY UPDATE seq = seq"
             )
+            await cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {q(RECEIPTS)} (`capture` VARCHAR(64) NOT NULL,"
+                " `writer` VARCHAR(100) NOT NULL, `number` BIGINT NOT NULL,"
+                " `position` BIGINT NOT NULL, `failures` LONGTEXT NULL DEFAULT NULL,"
+                " PRIMARY KEY (`capture`, `writer`))"
+                " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            )
+            if not await _rows(
+                cur,
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+                f" AND TABLE_NAME = {lit(RECEIPTS)} AND COLUMN_NAME = 'failures'",
+            ):  # a table made before receipts held failures
+                await cur.execute(
+                    f"ALTER TABLE {q(RECEIPTS)} ADD COLUMN `failures` LONGTEXT NULL DEFAULT NULL"
+                )
             cols = "".join(f", {q(c)} {t} NULL DEFAULT NULL" for c, t in wanted.items())
             await cur.execute(
                 f"CREATE TABLE IF NOT EXISTS {q(log)} (seq BIGINT NOT NULL PRIMARY KEY,"
@@ -504,11 +537,14 @@ class MysqlConnector(Connector):
             for suffix in ("ins", "upd", "del"):
                 await cur.execute(f"DROP TRIGGER IF EXISTS {q(prefix + suffix)}")
             await cur.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
-            try:
-                await cur.execute(f"DELETE FROM {q(GATE)} WHERE name = {lit(capture.name)}")
-            except asyncmy.errors.MySQLError as exc:
-                if _errno(exc) != 1146:  # no gate table: nothing was ever installed
-                    raise
+            for table, column in ((GATE, "name"), (RECEIPTS, "capture")):
+                try:
+                    await cur.execute(
+                        f"DELETE FROM {q(table)} WHERE {q(column)} = {lit(capture.name)}"
+                    )
+                except asyncmy.errors.MySQLError as exc:
+                    if _errno(exc) != 1146:  # no such table: nothing was ever installed
+                        raise
 
         self._call(capture.entity, "removing change capture", run)
         self._plans.pop(capture.name, None)
@@ -523,6 +559,24 @@ class MysqlConnector(Connector):
                 self.app, capture.entity, f"change capture {capture.name!r} is not installed"
             )
         return int(rows[0][0])
+
+    def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
+        sql = (
+            f"SELECT `number`, `position`, `failures` FROM {q(RECEIPTS)}"
+            f" WHERE `capture` = {lit(capture.name)} AND `writer` = {lit(writer)}"
+        )
+        try:
+            rows = self._run(partial(_rows, sql=sql))
+        except DRIVER_ERRORS as exc:
+            if _errno(exc) == 1146:  # no receipts table: never prepared
+                return None
+            raise ConnectorError(
+                self.app, capture.entity, f"reading a receipt failed: {_problem(exc)}"
+            ) from exc
+        if not rows:
+            return None
+        number, position, failures = rows[0]
+        return WriteReceipt(int(number), int(position), unpack_failures(failures))
 
     def head(self, capture: Capture) -> int:
         try:
@@ -634,8 +688,17 @@ class MysqlConnector(Connector):
     # -- writes ----------------------------------------------------------------------------
 
     async def _write(
-        self, cur: Cursor, capture: Capture, batch: Batch, bisect: bool
+        self,
+        cur: Cursor,
+        capture: Capture,
+        batch: Batch,
+        bisect: bool,
+        receipt: Receipt | None,
+        refused: Sequence[WriteFailure] = (),
     ) -> tuple[int, list[WriteFailure]]:
+        """One transaction: the batch's groups (bisected when ``bisect``), then the receipt
+        with every refused record (``refused`` before sending and those the server refused)
+        in the packet that commits. Returns the position and the server's refusals."""
         begin = [
             "START TRANSACTION",
             f"SET {WRITING} = {lit(capture.name)}",
@@ -659,7 +722,11 @@ class MysqlConnector(Connector):
                     await self._bisect(cur, capture, group, range(len(group.rows)), failures)
                 else:
                     await group.run(cur, range(len(group.rows)))
-            await _rows(cur, f"SET {WRITING} = NULL; COMMIT")
+            record = ""
+            if receipt is not None:  # every refused record is known by now
+                refusals = sorted([*refused, *failures])
+                record = f"{receipt_sql(capture, receipt, position, refusals, self._alias)}; "
+            await _rows(cur, f"{record}SET {WRITING} = NULL; COMMIT")
         except BaseException:
             try:
                 await _rows(cur, f"ROLLBACK; SET {WRITING} = NULL")
@@ -697,7 +764,10 @@ class MysqlConnector(Connector):
         await self._bisect(cur, capture, group, sel[:mid], failures)
         await self._bisect(cur, capture, group, sel[mid:], failures)
 
-    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+    def apply(
+        self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None
+    ) -> WriteResult:
+        self._check_receipt(capture, receipt)
         plan = self._plan(capture)
         refused: list[WriteFailure] = []
         batch = _groups(capture, plan, ops, refused, self._alias)
@@ -707,7 +777,14 @@ class MysqlConnector(Connector):
             attempt += 1
             try:
                 position, failures = self._run(
-                    partial(self._write, capture=capture, batch=batch, bisect=bisect)
+                    partial(
+                        self._write,
+                        capture=capture,
+                        batch=batch,
+                        bisect=bisect,
+                        receipt=receipt,
+                        refused=refused,
+                    )
                 )
             except asyncmy.errors.MySQLError as exc:
                 errno = _errno(exc)

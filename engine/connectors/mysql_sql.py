@@ -3,9 +3,10 @@
 It holds the quoting of identifiers and literals (`lit` escapes with asyncmy's functions and
 relies on backslash escapes, which the connector's sessions never disable), the names of the
 change tables, keyset pagination for snapshots, and the statements that write a batch
-(`_groups`: one `Group` per kind and column set). Nothing here keeps state or opens a
-connection: the helpers that run statements take the cursor to run them on; `_many` and
-`_insert` send them several per packet, each packet below `PACKET` characters.
+(`_groups`: one `Group` per kind and column set, deletes first, then moves in the order
+given, then updates and upserts). Nothing here keeps state or opens a connection: the
+helpers that run statements take the cursor to run them on; `_many` and `_insert` send them
+several per packet, each packet below `PACKET` characters.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Any, NamedTuple
 from asyncmy.converters import escape_bytes_prefixed, escape_item, escape_string
 from asyncmy.cursors import Cursor
 
-from engine.connectors.base import Capture, WriteFailure, WriteOp
+from engine.connectors.base import (
+    OP_ORDER,
+    Capture,
+    Receipt,
+    WriteFailure,
+    WriteOp,
+    move_problem,
+    pack_failures,
+)
 from engine.connectors.mysql_types import Plan, Refused
 
 PACKET = 1 << 20  # characters of SQL per packet we send (well below max_allowed_packet)
@@ -38,6 +47,30 @@ def lit(value: Any) -> str:
     if isinstance(value, bytes):
         return escape_bytes_prefixed(value)
     return str(escape_item(value, "utf8mb4"))
+
+
+RECEIPTS = "_ds_receipts"  # (capture, writer) -> (number, position, failures), in the database
+
+
+def receipt_sql(
+    capture: Capture,
+    receipt: Receipt,
+    position: int,
+    failures: Sequence[WriteFailure],
+    alias: bool = False,
+) -> str:
+    """The statement that records ``receipt``: a batch of ``capture`` landed at ``position``,
+    the application refusing ``failures`` (`pack_failures`: NULL when none), each value once
+    in the text. ``alias``: ODKU reads the new row by alias (MySQL >= 8.0.19), not VALUES()."""
+    columns = ("`number`", "`position`", "`failures`")
+    new = "_ds_new.{}" if alias else "VALUES({})"
+    sets = ", ".join(f"{c} = {new.format(c)}" for c in columns)
+    return (
+        f"INSERT INTO {q(RECEIPTS)} (`capture`, `writer`, {', '.join(columns)}) VALUES"
+        f" ({lit(capture.name)}, {lit(receipt.writer)}, {int(receipt.number)}, {int(position)},"
+        f" {lit(pack_failures(failures))}){' AS _ds_new' if alias else ''}"
+        f" ON DUPLICATE KEY UPDATE {sets}"
+    )
 
 
 def log_table(capture: Capture) -> str:
@@ -151,14 +184,28 @@ def _groups(
     table, writes = q(capture.entity), plan.writes
     key_index = capture.key_index
     keys = set(key_index)
-    groups: dict[tuple[str, tuple[int, ...]], Group] = {}
+    # (kind, columns, run) -> group; moves keep the order given (a new run where the columns
+    # change)
+    groups: dict[tuple[str, tuple[int, ...], int], Group] = {}
+    run, last_move = 0, None
     wheres: list[str] = []
+
+    def match(key: Sequence[str]) -> str:
+        return " AND ".join(f"{q(capture.key[n])} = {v}" for n, v in enumerate(key))
+
     for row, op in enumerate(ops):
+        if op.op == "M" and (problem := move_problem(capture, op)):
+            failures.append(WriteFailure(row, None, problem))
+            continue
         column = key_index[0]
         try:
             key = []
             for column, v in zip(key_index, op.key, strict=True):
                 key.append(lit(writes[column](v)))
+            old = []
+            if op.op == "M" and op.old is not None:
+                for column, v in zip(key_index, op.old, strict=True):
+                    old.append(lit(writes[column](v)))
             cols = () if op.op == "D" else tuple(i for i in sorted(op.values) if i not in keys)
             values = []
             for column in cols:
@@ -167,17 +214,27 @@ def _groups(
             name = capture.columns[column]
             failures.append(WriteFailure(row, name, f"{name}: {exc}"))
             continue
-        where = " AND ".join(f"{q(capture.key[n])} = {v}" for n, v in enumerate(key))
+        where = match(key)
         wheres.append(f"(SELECT 1 FROM {table} WHERE {where} FOR UPDATE)")
         sets = ", ".join(
             f"{q(capture.columns[i])} = {v}" for i, v in zip(cols, values, strict=True)
         )
-        group = groups.get((op.op, cols))
+        if op.op == "M":
+            wheres.append(f"(SELECT 1 FROM {table} WHERE {match(old)} FOR UPDATE)")
+            if cols != last_move:
+                run, last_move = run + 1, cols
+        group_key = (op.op, cols, run if op.op == "M" else 0)
+        group = groups.get(group_key)
         if group is None:
-            group = groups[(op.op, cols)] = _group(capture, plan, op.op, cols, alias)
+            group = groups[group_key] = _group(capture, plan, op.op, cols, alias)
         group.rows.append(row)
         if op.op == "D":
             group.statements.append(f"DELETE FROM {table} WHERE {where}")
+        elif op.op == "M":
+            moved = ", ".join(f"{q(k)} = {v}" for k, v in zip(capture.key, key, strict=True))
+            group.statements.append(
+                f"UPDATE {table} SET {', '.join(filter(None, (moved, sets)))} WHERE {match(old)}"
+            )
         elif op.op == "U":
             if cols:
                 group.statements.append(f"UPDATE {table} SET {sets} WHERE {where}")
@@ -193,7 +250,9 @@ def _groups(
     locks = [
         " UNION ALL ".join(wheres[i : i + LOCK_CHUNK]) for i in range(0, len(wheres), LOCK_CHUNK)
     ]
-    return Batch([g for g in groups.values() if g.rows], locks)
+    # deletes, then moves (in the order given: sorted() is stable), then updates and upserts
+    ordered = sorted(groups.values(), key=lambda g: OP_ORDER.get(g.kind, OP_ORDER["I"]))
+    return Batch([g for g in ordered if g.rows], locks)
 
 
 def _group(capture: Capture, plan: Plan, kind: str, cols: tuple[int, ...], alias: bool) -> Group:

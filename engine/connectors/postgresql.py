@@ -41,6 +41,21 @@ ours holds it only from the end of its writes to its commit, so it never waits f
 lock while holding the gate (an application transaction logging a change and then writing a
 row we hold can still deadlock with us; PostgreSQL breaks it and we write again).
 
+Writes: one transaction per batch, one ``executemany`` (pipeline mode: one round trip) per
+kind and column set: deletes, then moves in the order given, then updates, then upserts
+(``INSERT ... ON CONFLICT (<key>) DO UPDATE``). A move (``M``) is ``UPDATE <entity> SET <key
+and every column> = ... WHERE <key> = <old key>``: a real update of the key, so ON UPDATE
+CASCADE foreign keys follow; no row at the old key updates nothing; a row at the new key is
+a unique violation of that record (found by bisecting the batch in savepoints, only on that
+failure path, like any refused record).
+
+Receipts: ``_ds_receipts (capture, writer, number, position, failures)`` in the connector's
+schema, keyed by (capture, writer), created by `prepare` (which adds ``failures`` to a table
+made before it existed). A batch with a `Receipt` reads its position and upserts its receipt
+in one statement, under the gate, in the batch's own transaction, once its refused records
+are known: recorded if and only if the batch commits. ``failures`` (text) holds them as
+`base.pack_failures` spells them (NULL when there are none).
+
 No echo: our write transaction sets ``dualsync.writing`` (``set_config(..., true)``, local to
 the transaction) to the capture's name, and the triggers' WHEN clauses skip rows while it
 holds that name. The flag is per capture, as in the SQLite connector, so a second map on the
@@ -73,13 +88,18 @@ from engine.connectors.base import (
     Connector,
     EntitySchema,
     RawChange,
+    Receipt,
     WriteFailure,
     WriteOp,
+    WriteReceipt,
     WriteResult,
+    pack_failures,
+    unpack_failures,
 )
 from engine.connectors.postgresql_sql import (
     COLUMNS_SQL,
     CONSTRAINT_COLUMNS_SQL,
+    RECEIPTS,
     RELATION_SQL,
     UNIQUE_SQL,
     Names,
@@ -282,6 +302,19 @@ class PostgresConnector(Connector):
                     f"CREATE TABLE IF NOT EXISTS {n.log}"
                     " (seq bigint PRIMARY KEY, op char(1) NOT NULL, at_ms bigint NOT NULL)"
                 )
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._q(RECEIPTS)} (capture text NOT NULL,"
+                    " writer varchar(100) NOT NULL, number bigint NOT NULL,"
+                    " position bigint NOT NULL, failures text, PRIMARY KEY (capture, writer))"
+                )
+                if not con.execute(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass"
+                    " AND attname = 'failures' AND NOT attisdropped",
+                    (self._q(RECEIPTS),),
+                ).fetchone():  # a table made before receipts held failures
+                    con.execute(
+                        f"ALTER TABLE {self._q(RECEIPTS)} ADD COLUMN IF NOT EXISTS failures text"
+                    )
                 have: dict[str, str] = dict(
                     con.execute(
                         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
@@ -383,8 +416,30 @@ class PostgresConnector(Connector):
                 con.execute(f"DROP FUNCTION IF EXISTS {n.fn}() CASCADE")
                 con.execute(f"DROP TABLE IF EXISTS {n.log}, {n.gate}")
                 con.execute(f"DROP SEQUENCE IF EXISTS {n.seq}")
+                if self._has_receipts(con):
+                    con.execute(
+                        f"DELETE FROM {self._q(RECEIPTS)} WHERE capture = %s", (capture.name,)
+                    )
             self._tables.pop(capture.entity, None)
             self._tables.pop(ident("_ds_log_", capture.name), None)
+
+    def _has_receipts(self, con: Con) -> bool:
+        found = con.execute("SELECT to_regclass(%s)", (self._q(RECEIPTS),)).fetchone()
+        return found is not None and found[0] is not None
+
+    def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
+        with self._lock, self._guard(capture.entity, "reading a receipt"):
+            con = self._conn()
+            if not self._has_receipts(con):
+                return None  # never prepared
+            row = con.execute(
+                f"SELECT number, position, failures FROM {self._q(RECEIPTS)}"
+                " WHERE capture = %s AND writer = %s",
+                (capture.name, writer),
+            ).fetchone()
+        if row is None:
+            return None
+        return WriteReceipt(int(row[0]), int(row[1]), unpack_failures(row[2]))
 
     def _head_sql(self, capture: Capture) -> str:
         n = self._names(capture)
@@ -488,7 +543,10 @@ class PostgresConnector(Connector):
 
     # -- writes --------------------------------------------------------------------------
 
-    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
+    def apply(
+        self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None
+    ) -> WriteResult:
+        self._check_receipt(capture, receipt)
         bisect, problem = False, ""
         with self._lock:
             for attempt in range(ATTEMPTS):
@@ -502,7 +560,7 @@ class PostgresConnector(Connector):
                     )
                 failures, statements = _plan(self._q(capture.entity), capture, table, ops)
                 try:
-                    position = self._write(capture, table, statements, failures, bisect)
+                    position = self._write(capture, table, statements, failures, bisect, receipt)
                     return WriteResult(sorted(failures), position)
                 except psycopg.Error as exc:
                     problem = _message(exc)
@@ -524,10 +582,20 @@ class PostgresConnector(Connector):
         statements: list[tuple[str, Rows]],
         failures: list[WriteFailure],
         bisect: bool,
+        receipt: Receipt | None,
     ) -> int:
-        """One transaction: the groups, then the gate, and the head there: our position."""
+        """One transaction: the groups, then the gate, and the head there: our position
+        (recorded with the receipt and ``failures``, complete by then, in the same statement,
+        if there is one)."""
         con = self._conn()
         gate = f"SELECT 1 FROM {self._names(capture).gate} WHERE id = {GATE_ROW} FOR UPDATE"
+        head_sql = self._head_sql(capture)
+        record = (
+            f"INSERT INTO {self._q(RECEIPTS)} (capture, writer, number, position, failures)"
+            f" SELECT %s, %s, %s, ({head_sql}), %s ON CONFLICT (capture, writer) DO UPDATE"
+            " SET number = EXCLUDED.number, position = EXCLUDED.position,"
+            " failures = EXCLUDED.failures RETURNING position"
+        )
         with con.transaction(), nullcontext() if bisect else _pipeline(con):
             cur = con.cursor()
             cur.execute("SELECT set_config(%s, %s, true)", (FLAG, capture.name))
@@ -539,7 +607,11 @@ class PostgresConnector(Connector):
             # The gate last: we never wait for a row lock while holding it; once we hold it,
             # no other transaction logs a change of this capture until we commit.
             cur.execute(gate)
-            cur.execute(self._head_sql(capture))
+            if receipt is None:
+                cur.execute(head_sql)
+            else:  # the refused records are all known now (bisecting found the last ones)
+                packed = pack_failures(sorted(failures))
+                cur.execute(record, (capture.name, receipt.writer, receipt.number, packed))
             return _int(cur.fetchone())
 
     def _bisect(

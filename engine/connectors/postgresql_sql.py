@@ -6,9 +6,11 @@ catalog queries that describe a table, and the statements that write a batch.
 Every identifier is quoted (`q`) and every literal spelled as an E'' string (`lit`), so the
 text reads the same whatever ``standard_conforming_strings``. Names longer than PostgreSQL's
 63 bytes are shortened with a hash (`ident`), never truncated by the server. A batch becomes
-one statement per kind and column set, deletes first; values travel as parameters, converted
-by `engine.connectors.postgresql_types`, and a record holding a value PostgreSQL would change
-silently is left out of the batch and reported as a `WriteFailure`.
+one statement per kind and column set: deletes first, then moves in the order given
+(``UPDATE ... SET <key and every column> WHERE <key> = <old key>``), then updates and
+upserts; values travel as parameters, converted by `engine.connectors.postgresql_types`, and
+a record holding a value PostgreSQL would change silently is left out of the batch and
+reported as a `WriteFailure`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from engine.connectors.base import Capture, WriteFailure, WriteOp
+from engine.connectors.base import OP_ORDER, Capture, WriteFailure, WriteOp, move_problem
 from engine.connectors.postgresql_types import Table, _writer
 
 Rows = list[tuple[int, tuple[Any, ...]]]  # (index in the batch, statement parameters)
 
 MAX_IDENT = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1 bytes)
+RECEIPTS = "_ds_receipts"  # (capture, writer) -> (number, position), in the schema
 
 
 def q(name: str) -> str:
@@ -98,17 +101,31 @@ def _plan(
     writers = [_writer(c) if c else None for c in found]
     key_index = capture.key_index
     failures: list[WriteFailure] = []
-    groups: dict[tuple[str, tuple[int, ...]], Rows] = {}
+    # (kind, columns, run) -> rows; moves keep the order given (a new run where the columns
+    # change)
+    groups: dict[tuple[str, tuple[int, ...], int], Rows] = {}
+    run, last_move = 0, None
     for index, op in enumerate(ops):
-        cols = () if op.op == "D" else tuple(sorted(op.values))
-        if op.op == "U" and not cols:
-            continue  # nothing to write
-        # the parameters in the order of `_write_sql`'s placeholders
-        pairs = list(zip(key_index, op.key, strict=True))
-        if op.op == "I":
-            pairs += [(i, op.values[i]) for i in cols if i not in key_index]
-        elif op.op == "U":
-            pairs = [(i, op.values[i]) for i in cols] + pairs
+        if op.op == "M":
+            problem = move_problem(capture, op)
+            if problem or op.old is None:
+                failures.append(WriteFailure(index, None, problem or ""))
+                continue
+            new = {**op.values, **dict(zip(key_index, op.key, strict=True))}
+            cols = tuple(sorted(new))
+            if cols != last_move:
+                run, last_move = run + 1, cols
+            pairs = [(i, new[i]) for i in cols] + list(zip(key_index, op.old, strict=True))
+        else:
+            cols = () if op.op == "D" else tuple(sorted(op.values))
+            if op.op == "U" and not cols:
+                continue  # nothing to write
+            # the parameters in the order of `_write_sql`'s placeholders
+            pairs = list(zip(key_index, op.key, strict=True))
+            if op.op == "I":
+                pairs += [(i, op.values[i]) for i in cols if i not in key_index]
+            elif op.op == "U":
+                pairs = [(i, op.values[i]) for i in cols] + pairs
         params: list[Any] = []
         for i, value in pairs:
             writer, column = writers[i], capture.columns[i]
@@ -120,11 +137,14 @@ def _plan(
                 break
             params.append(converted)
         else:
-            groups.setdefault((op.op, cols), []).append((index, tuple(params)))
-    order = {"D": 0, "U": 1, "I": 2}  # deletes first: they free unique values for the rest
+            group = (op.op, cols, run if op.op == "M" else 0)
+            groups.setdefault(group, []).append((index, tuple(params)))
+    # deletes first (they free unique values for the rest), then moves (they free their old
+    # keys for the inserts), updates, upserts; sorted() is stable: moves keep their order
+    order = {**OP_ORDER, "I": OP_ORDER["I"] + 1}
     return failures, [
         (_write_sql(qualified, capture, kind, cols), rows)
-        for (kind, cols), rows in sorted(groups.items(), key=lambda g: order[g[0][0]])
+        for (kind, cols, _), rows in sorted(groups.items(), key=lambda g: order.get(g[0][0], 9))
     ]
 
 
@@ -134,7 +154,7 @@ def _write_sql(table: str, capture: Capture, kind: str, cols: tuple[int, ...]) -
     if kind == "D":
         return f"DELETE FROM {table} WHERE {where}"
     names = [capture.columns[i] for i in cols]
-    if kind == "U":
+    if kind in ("U", "M"):  # a move sets the key too: ``cols`` holds it
         return f"UPDATE {table} SET {', '.join(f'{q(c)} = %s' for c in names)} WHERE {where}"
     updates = [c for c in names if c not in capture.key]
     targets = [*capture.key, *updates]

@@ -13,6 +13,24 @@ Inside that transaction, which holds SQLite's write lock, the writer reads the c
 last sequence: every change up to it committed before our write and every later one after,
 which tells the engine exactly where its write landed in the application's history.
 
+Writes: one transaction per batch, one ``executemany`` per kind and column set: deletes
+first, then moves in the order given, then updates and upserts (``INSERT ... ON CONFLICT DO
+UPDATE``). A move (``M``) is ``UPDATE <entity> SET <key and every given column> WHERE <key> =
+<old key>``: a real update of the key; no row at the old key updates nothing; a row at the
+new key already is a UNIQUE failure of that record. NOTE: SQLite enforces foreign keys only
+on connections that turn them on (``PRAGMA foreign_keys``, off by default), so a batch
+holding moves is written with them on: ON UPDATE CASCADE foreign keys follow, and a write
+the declared foreign keys forbid (a parent with children and no ON UPDATE action) is a
+failure of that record. Other batches keep the connection's setting (off). A refused record
+is found by writing the batch again record by record, only on that failure path.
+
+Receipts: the table ``_ds_receipts (capture, writer, number, position, failures)``, keyed by
+(capture, writer), in the application's file next to the change tables (created by
+`prepare`, which adds ``failures`` to a table made before it existed). A batch with a
+`Receipt` upserts its row in the batch's own transaction, after its writes, once its refused
+records are known: one statement, committed if and only if the batch is. ``failures`` holds
+them as `base.pack_failures` spells them (NULL when there are none).
+
 The database is put in WAL mode so other programs keep reading and writing while the engine
 runs; every connection waits up to ``busy_timeout`` for the write lock.
 """
@@ -28,14 +46,20 @@ from pathlib import Path
 from typing import Any
 
 from engine.connectors.base import (
+    OP_ORDER,
     Capture,
     Column,
     Connector,
     EntitySchema,
     RawChange,
+    Receipt,
     WriteFailure,
     WriteOp,
+    WriteReceipt,
     WriteResult,
+    move_problem,
+    pack_failures,
+    unpack_failures,
 )
 from engine.connectors.sqlite_types import READ, WRITE, canonical_of
 from engine.errors import AppError, ConnectorError
@@ -44,6 +68,7 @@ from engine.values import Convert, lenient
 __all__ = ["SqliteConnector", "sqlite_path"]
 
 SESSION = "_ds_session"
+RECEIPTS = "_ds_receipts"
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.004  # seconds between looks at the change table while waiting
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
@@ -227,6 +252,13 @@ class SqliteConnector(Connector):
                     (capture.name,),
                 )
                 con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {RECEIPTS} (capture TEXT NOT NULL, writer TEXT"
+                    " NOT NULL, number INTEGER NOT NULL, position INTEGER NOT NULL,"
+                    " failures TEXT, PRIMARY KEY (capture, writer)) WITHOUT ROWID"
+                )
+                if "failures" not in {r[1] for r in con.execute(f"PRAGMA table_info({RECEIPTS})")}:
+                    con.execute(f"ALTER TABLE {RECEIPTS} ADD COLUMN failures TEXT")
+                con.execute(
                     f"CREATE TABLE IF NOT EXISTS {q(log)} (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
                     " op TEXT NOT NULL, at_ms INTEGER NOT NULL)"
                 )
@@ -263,6 +295,8 @@ class SqliteConnector(Connector):
             con.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
             if con.execute(f"SELECT 1 FROM sqlite_master WHERE name = '{SESSION}'").fetchone():
                 con.execute(f"DELETE FROM {SESSION} WHERE name = ?", (capture.name,))
+            if _has_receipts(con):
+                con.execute(f"DELETE FROM {RECEIPTS} WHERE capture = ?", (capture.name,))
             con.execute("COMMIT")
 
         with self._lock:
@@ -355,23 +389,46 @@ class SqliteConnector(Connector):
 
     # -- writes --------------------------------------------------------------------------
 
-    def apply(self, capture: Capture, ops: Sequence[WriteOp]) -> WriteResult:
-        groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    def apply(
+        self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None
+    ) -> WriteResult:
+        self._check_receipt(capture, receipt)
+        failures: list[WriteFailure] = []
+        # (kind, columns, run) -> rows, written deletes first, then moves in the order given
+        # (a new run where the columns change), then updates and upserts.
+        groups: dict[tuple[str, tuple[int, ...], int], list[int]] = {}
+        run_of_moves, last_move = 0, None
+        key_index = capture.key_index
         for i, op in enumerate(ops):
-            cols = () if op.op == "D" else tuple(sorted(op.values))
-            groups.setdefault((op.op, cols), []).append(i)
+            if op.op == "M":
+                problem = move_problem(capture, op)
+                if problem:
+                    failures.append(WriteFailure(i, None, problem))
+                    continue
+                cols = tuple(sorted({*op.values, *key_index}))
+                if cols != last_move:
+                    run_of_moves, last_move = run_of_moves + 1, cols
+                groups.setdefault(("M", cols, run_of_moves), []).append(i)
+            else:
+                cols = () if op.op == "D" else tuple(sorted(op.values))
+                groups.setdefault((op.op, cols, 0), []).append(i)
         writes = self._codec(capture)[1]
         if any(writes):
+
+            def key_out(key: tuple[Any, ...]) -> tuple[Any, ...]:
+                return tuple(
+                    f(v) if (f := writes[i]) else v for i, v in zip(key_index, key, strict=True)
+                )
+
+            refused = {f.row for f in failures}
             ops = [
                 WriteOp(
                     op.op,
-                    tuple(
-                        f(v) if (f := writes[i]) else v
-                        for i, v in zip(capture.key_index, op.key, strict=True)
-                    ),
+                    key_out(op.key),
                     {i: (f(v) if (f := writes[i]) else v) for i, v in op.values.items()},
+                    None if op.op != "M" or op.old is None or row in refused else key_out(op.old),
                 )
-                for op in ops
+                for row, op in enumerate(ops)
             ]
         statements = [
             (
@@ -379,14 +436,36 @@ class SqliteConnector(Connector):
                 indexes,
                 [self._params(capture, kind, cols, ops[i]) for i in indexes],
             )
-            for (kind, cols), indexes in groups.items()
+            # sorted() is stable: moves keep their order
+            for (kind, cols, _), indexes in sorted(
+                groups.items(), key=lambda g: OP_ORDER.get(g[0][0], OP_ORDER["I"])
+            )
         ]
-        failures: list[WriteFailure] = []
+        record = (
+            f"INSERT INTO {RECEIPTS} (capture, writer, number, position, failures)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (capture, writer) DO UPDATE SET"
+            " number = excluded.number, position = excluded.position, failures = excluded.failures"
+        )
+        found_before = len(failures)
         position = 0
+        moves = any(kind == "M" for kind, _, _ in groups)
 
         def run(one_by_one: bool) -> None:
             nonlocal position
+            del failures[found_before:]
             con = self._con
+            # outside the transaction: the pragma does nothing inside one
+            cascade = moves and not con.execute("PRAGMA foreign_keys").fetchone()[0]
+            if cascade:
+                con.execute("PRAGMA foreign_keys = ON")
+            try:
+                write(con, one_by_one)
+            finally:
+                if cascade:
+                    con.execute("PRAGMA foreign_keys = OFF")
+
+        def write(con: sqlite3.Connection, one_by_one: bool) -> None:
+            nonlocal position
             con.execute("BEGIN IMMEDIATE")
             try:
                 # We hold the write lock from here to COMMIT: the log's last sequence now is
@@ -405,6 +484,11 @@ class SqliteConnector(Connector):
                             failures.append(
                                 WriteFailure(index, _column_of(str(exc), capture), str(exc))
                             )
+                if receipt is not None:  # every refused record is known by now
+                    packed = pack_failures(sorted(failures))
+                    con.execute(
+                        record, (capture.name, receipt.writer, receipt.number, position, packed)
+                    )
                 con.execute(f"UPDATE {SESSION} SET writing = 0 WHERE name = ?", (capture.name,))
                 con.execute("COMMIT")
             except BaseException:
@@ -423,7 +507,24 @@ class SqliteConnector(Connector):
                 raise ConnectorError(
                     self.app, capture.entity, f"writing a batch failed: {exc}"
                 ) from exc
-        return WriteResult(failures, position)
+        return WriteResult(sorted(failures), position)
+
+    def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
+        def run() -> WriteReceipt | None:
+            con = self._con
+            if not _has_receipts(con):
+                return None  # never prepared
+            row = con.execute(
+                f"SELECT number, position, failures FROM {RECEIPTS}"
+                " WHERE capture = ? AND writer = ?",
+                (capture.name, writer),
+            ).fetchone()
+            if row is None:
+                return None
+            return WriteReceipt(int(row[0]), int(row[1]), unpack_failures(row[2]))
+
+        with self._lock:
+            return self._guard(capture.entity, "reading a receipt", run)  # type: ignore[no-any-return]
 
     def _write_sql(self, capture: Capture, kind: str, cols: tuple[int, ...]) -> str:
         table = q(capture.entity)
@@ -431,7 +532,7 @@ class SqliteConnector(Connector):
         if kind == "D":
             return f"DELETE FROM {table} WHERE {where}"
         names = [capture.columns[i] for i in cols]
-        if kind == "U":
+        if kind in ("U", "M"):  # a move sets the key too: ``cols`` holds it
             sets = ", ".join(f"{q(c)} = ?" for c in names)
             return f"UPDATE {table} SET {sets} WHERE {where}"
         keys = list(capture.key)
@@ -454,9 +555,20 @@ class SqliteConnector(Connector):
             return op.key
         if kind == "U":
             return (*(op.values[i] for i in cols), *op.key)
+        if kind == "M":
+            assert op.old is not None  # checked by `move_problem`
+            new = {**op.values, **dict(zip(capture.key_index, op.key, strict=True))}
+            return (*(new[i] for i in cols), *op.old)
         key_names = capture.key
         rest = [op.values[i] for i in cols if capture.columns[i] not in key_names]
         return (*op.key, *rest)
+
+
+def _has_receipts(con: sqlite3.Connection) -> bool:
+    found = con.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (RECEIPTS,)
+    ).fetchone()
+    return found is not None
 
 
 def _head(con: sqlite3.Connection, capture: Capture) -> int:
