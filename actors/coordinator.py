@@ -158,6 +158,8 @@ class Coordinator:
                     "reader": r or "unavailable",
                     "writer": writers[side] or "unavailable",
                     "lag": head - pos if isinstance(head, int) and isinstance(pos, int) else None,
+                    "skew_ms": r.get("skew_ms"),
+                    "clock_tolerance_ms": r.get("clock_tolerance_ms"),
                     "changes": sum(s["changes"][side] for s in parts if s),
                     "writes": sum(s["writes"][side] for s in parts if s),
                 }
@@ -215,10 +217,17 @@ class Coordinator:
         return self._log(name, "errors", limit)
 
     def record(self, name: str, key: list[Any]) -> dict[str, Any] | None:
+        """The merged values of a record; one that moved to another key is followed."""
         with self._lock:
             p = self._pipeline(name)
-        owner = p.partitions[partition_of(key, len(p.partitions))]
-        return ray_api.get(ray_api.call(owner, "record", key), timeout=STATUS_TIMEOUT_S)  # type: ignore[no-any-return]
+        for _ in range(16):
+            owner = p.partitions[partition_of(key, len(p.partitions))]
+            found = ray_api.get(ray_api.call(owner, "record", key), timeout=STATUS_TIMEOUT_S)
+            if isinstance(found, list):  # ["moved", key]
+                key = found[1]
+                continue
+            return found  # type: ignore[no-any-return]
+        raise EngineError(f"map {name!r}: record {key!r} moved more than 16 times")
 
     def partitions(self, name: str) -> list[Any]:
         with self._lock:
@@ -267,6 +276,7 @@ class Coordinator:
                 "partition",
                 spec,
                 i,
+                count,
                 str(folder / f"partition-{i}.sqlite"),
                 writers,
                 self.resolvers,

@@ -1,23 +1,36 @@
 """Reader actor: streams one side's changes of one map to the partitions, in batches.
 
 A background thread loops: read up to ``batch`` changes past the read position, stamp them
-with the side's hybrid clock (driven by the application's commit times), route each record
-to its partition by a stable hash, send every partition its slice (one call per partition
-per batch, even when empty, so that each partition's cursor moves with the stream), and wait
-for the acknowledgements. Changes are trimmed from the application's change table only once
-every partition has persisted past them.
+with the side's bounded hybrid clock (`conflict.BoundedClock`: the application's commit
+times, clipped to the window in which the engine saw them commit, plus a tolerance), route
+each record to its partition by a stable hash of the key its row had before the change,
+send every partition its slice (one call per partition per batch, even when empty, so that
+each partition's cursor moves with the stream), and wait for the acknowledgements. Changes
+are trimmed from the application's change table once every partition has them in its WAL.
 
-Up to `WINDOW` batches are in flight at once. A partition answers with the cursor it has
-merged up to and the cursor its WAL holds (durable); when the stream runs dry, the reader
-asks the partitions to flush, so everything read is durable before it calls itself idle.
+Up to `WINDOW` batches are in flight at once. When the stream runs dry, the reader asks the
+partitions to flush, so every write is confirmed before it calls itself idle.
+
+Keys. An update that changes a record's key is sent as one change (op ``M``), routed by the
+old key, and ends its batch: the reader waits for every answer and delivers the mail the
+partitions sent (a record moving to the partition of its new key, changes forwarded after
+a record that moved, redirects) before it sends anything else, so the side's next changes,
+made at the new key, find the record there. Mail can come back from any batch (a change of a
+record that moved away is forwarded); the reader delivers it as soon as it has the answer,
+partition to partition until none is left, and tells each source which of its mail is
+delivered. A restarted reader first delivers what the partitions' outboxes still hold.
 
 A partition that failed a call, restarted, or answered ``gap`` is "behind": the reader asks
-it for its durable cursor and resends it the changes it is missing from the change table,
-before going on. So a restarted partition loses nothing and merges nothing twice.
+it for its cursor and resends it the changes it is missing from the change table, before
+going on. So a restarted partition loses nothing and merges nothing twice.
 
 The first time a map plays, partitions have no cursor (-1): the reader sends them a snapshot
 of the existing rows (consistent with the change-sequence head it reads in the same
 transaction) and then the head as their cursor.
+
+The clock resumes after the latest stamp any partition merged (a restart never stamps
+lower); the skew the application's clock shows is in `status`, and each time it passes the
+tolerance (and when it comes back) an error entry of kind ``clock`` is logged.
 
 The loop never dies on an exception: it records it, backs off and tries again.
 """
@@ -33,7 +46,7 @@ from typing import Any
 
 from actors import ray_api
 from actors.tuning import tune_gc
-from conflict import HybridClock
+from conflict import DEFAULT_TOLERANCE_MS, BoundedClock, Origins
 from engine.codec import encode
 from engine.connectors import RawChange, open_connector
 from engine.errors import DualsyncError
@@ -45,6 +58,10 @@ ACK_EVERY_S = 1.0
 WINDOW = 2  # batches in flight at once (measured best on 2 cores with python -m bench e2e)
 IDLE_WAIT_S = 0.05
 CALL_TIMEOUT_S = 120.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class Reader:
@@ -69,17 +86,32 @@ class Reader:
         self.partitions = partitions
         self.batch = int(options.get("batch_size", 5000))
         self.window = int(options.get("window", WINDOW))
-        self.clock = HybridClock(self.app)
+        self.rank = Origins(list(cmap.apps)).rank(self.app)
+        self.tolerance_ms = int(options.get("clock_tolerance_ms", DEFAULT_TOLERANCE_MS))
+        self.clock = BoundedClock(self.rank, self.tolerance_ms)
+        self.skewed = False
+        self.notes: list[list[Any]] = []  # clock entries for the next batch to log
+        self.looked_ms = 0  # when the reader last saw the end of the change log (0: never)
         self.mode = Mode.PAUSE
-        self.sent: list[int] | None = None  # per partition: its durable cursor, as last told
+        self.sent: list[int] | None = None  # per partition: its cursor, as last told
         self.expected: list[int] = []  # per partition: where it is once in-flight calls land
         self.inflight: deque[list[tuple[int, Any]]] = deque()
+        self.busy: set[int] = set()  # partitions whose last batch's writes are under way
+        self.acked_mail = [0] * len(partitions)  # per partition: its mail delivered up to
+        self.undelivered: list[tuple[int, int, list[Any]]] = []  # (source, number, mail)
         self.read_pos = 0
         self.acked = 0
         self.behind: set[int] = set()
         self.idle = False
         self.polls = 0
-        self.counts = {"changes": 0, "batches": 0, "read_errors": 0, "failures": 0}
+        self.counts = {
+            "changes": 0,
+            "batches": 0,
+            "read_errors": 0,
+            "failures": 0,
+            "moves": 0,
+            "mail": 0,
+        }
         self.last_error: str | None = None
         self._last_ack = time.monotonic()
         self._wake = threading.Event()
@@ -89,7 +121,7 @@ class Reader:
         )
         self._thread.start()
 
-    # -- control -------------------------------------------------------------------------
+    # -- control ---------------------------------------------------------------------------
 
     def ready(self) -> bool:
         return True
@@ -110,6 +142,15 @@ class Reader:
             head: int | None = self.connector.head(self.capture)
         except DualsyncError:
             head = None
+        idle = (
+            self.mode is Mode.PLAY
+            and self.idle
+            and not self.behind
+            and not self.inflight
+            and not self.busy
+            and not self.undelivered
+        )
+        last = Origins(list(self.cmap.apps)).timestamp(self.clock.last)
         return {
             "pid": os.getpid(),
             "side": self.side.label,
@@ -118,14 +159,17 @@ class Reader:
             "read_pos": self.read_pos,
             "head": head,
             "acked": self.acked,
-            "idle": self.mode is Mode.PLAY and self.idle and not self.behind and not self.inflight,
+            "idle": idle,
             "polls": self.polls,
             "behind": sorted(self.behind),
             "last_error": self.last_error,
+            "clock": [last.wall_ms, last.counter],
+            "skew_ms": self.clock.skew_ms,
+            "clock_tolerance_ms": self.tolerance_ms,
             **self.counts,
         }
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
         failures = 0
@@ -138,6 +182,8 @@ class Reader:
             try:
                 if self.sent is None:
                     self._start()
+                if self.undelivered:
+                    self._deliver([])
                 if self.behind:
                     self._resync()
                 self._step()
@@ -149,15 +195,22 @@ class Reader:
                 self.idle = False
                 self._stop.wait(min(1.0, 0.02 * 2 ** min(failures, 6)))
 
-    def _flush(self, which: Sequence[int] | None = None) -> list[int]:
-        """Flush the partitions (all, or ``which``) and return their durable cursors."""
+    def _flush(self, which: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Flush the partitions (all, or ``which``) and return their answers."""
         chosen = range(len(self.partitions)) if which is None else which
-        refs = [ray_api.call(self.partitions[p], "flush", int(self.side)) for p in chosen]
-        return [int(a["durable"]) for a in ray_api.get(refs, timeout=CALL_TIMEOUT_S)]
+        refs = [
+            ray_api.call(self.partitions[p], "flush", int(self.side), self.acked_mail[p])
+            for p in chosen
+        ]
+        return list(ray_api.get(refs, timeout=CALL_TIMEOUT_S))
 
     def _start(self) -> None:
         while True:
-            cursors = self._flush()
+            answers = self._flush()
+            cursors = [int(a["durable"]) for a in answers]
+            last = max(int(a.get("clock", 0)) for a in answers)
+            if last > self.clock.last:
+                self.clock = BoundedClock(self.rank, self.tolerance_ms, last)
             fresh = [i for i, c in enumerate(cursors) if c < 0]
             if not fresh:
                 break
@@ -168,6 +221,13 @@ class Reader:
         self.acked = self.read_pos
         self.behind.clear()
         self.inflight.clear()
+        self.busy.clear()
+        # Mail the partitions sent through us before a restart: deliver it (again).
+        refs = [ray_api.call(p, "outbox", int(self.side)) for p in self.partitions]
+        boxes = ray_api.get(refs, timeout=CALL_TIMEOUT_S)
+        self._deliver(
+            [(source, number, mail) for source, box in enumerate(boxes) for number, mail in box]
+        )
 
     def _initial(self, fresh: list[int]) -> None:
         """Snapshot the existing rows into partitions that have never synced.
@@ -180,8 +240,7 @@ class Reader:
             head, chunks = self.connector.snapshot(self.capture, self.batch)
             for rows in chunks:
                 raws = [RawChange(head, "S", 0, None, row) for row in rows]
-                now = time.time_ns() // 1_000_000
-                parts, errors = self._decode(raws, stamp_ms=now)
+                parts, errors = self._decode(raws, snapshot_ms=now_ms())
                 self._call(targets, parts, errors, hi=head, snap=True)
                 targets = [p for p in targets if p not in self.behind]
         else:
@@ -189,38 +248,56 @@ class Reader:
         self._call(targets, None, [], hi=head, snap=True, final=True)
         self.behind.difference_update(fresh)
 
+    def _read(self, after: int) -> tuple[list[RawChange], int, int]:
+        """Changes past ``after`` (a batch at most), and the window in which those not seen
+        before committed (engine time, ms): since the last look that reached the end of the
+        log, until now."""
+        start = now_ms()
+        raws = self.connector.read_changes(self.capture, after, self.batch)
+        earliest = self.looked_ms
+        if len(raws) < self.batch:
+            self.looked_ms = start
+        return raws, earliest, now_ms()
+
     def _step(self) -> None:
         """Read and send the next batch, keeping up to ``window`` batches in flight."""
-        raws = []
+        raws: list[RawChange] = []
         if len(self.inflight) < self.window:
-            raws = self.connector.read_changes(self.capture, self.read_pos, self.batch)
+            raws, earliest, latest = self._read(self.read_pos)
         if raws:
             self.idle = False
+            moves = self._moves(raws)
+            if moves < len(raws):
+                raws = raws[: moves + 1]  # a move ends its batch (see the module docstring)
             hi = raws[-1].seq
-            parts, errors = self._decode(raws)
+            parts, errors = self._decode(raws, earliest=earliest, latest=latest)
             targets = [i for i in range(len(self.partitions)) if i not in self.behind]
             self.inflight.append(self._submit(targets, parts, errors, hi=hi))
             self.read_pos = hi
             self.counts["changes"] += len(raws)
             self.counts["batches"] += 1
+            if moves < len(raws):
+                self.counts["moves"] += 1
+                while self.inflight:
+                    self._collect(self.inflight.popleft())
             return
         if self.inflight:
             self._collect(self.inflight.popleft())
             self._maybe_ack()
             return
         assert self.sent is not None
-        unflushed = [
-            p for p, d in enumerate(self.sent) if d < self.expected[p] and p not in self.behind
-        ]
+        unflushed = sorted(self.busy - self.behind)
         if unflushed:
-            # Caught up: make the partitions' last batches durable (their writes are done).
+            # Caught up: have the partitions confirm their last writes.
             try:
-                durables = self._flush(unflushed)
+                answers = self._flush(unflushed)
             except DualsyncError:
                 self.behind.update(unflushed)
                 raise
-            for p, durable in zip(unflushed, durables, strict=True):
+            for p, answer in zip(unflushed, answers, strict=True):
+                durable = int(answer["durable"])
                 self.sent[p] = durable
+                self.busy.discard(p)
                 if durable < self.expected[p]:
                     self.behind.add(p)  # it restarted and lost what was in flight: resend
             return
@@ -229,13 +306,24 @@ class Reader:
         self._maybe_ack()
         self.connector.wait_for_changes(self.capture, self.read_pos, IDLE_WAIT_S)
 
+    def _moves(self, raws: Sequence[RawChange]) -> int:
+        """The index of the first change of ``raws`` that changes the key (len: none)."""
+        key = self.cmap.key
+        for i, raw in enumerate(raws):
+            if raw.op == "U":
+                old, new = raw.old, raw.new
+                assert old is not None and new is not None
+                if any(old[k] != new[k] for k in key):
+                    return i
+        return len(raws)
+
     def _resync(self) -> None:
-        """Resend each lagging partition what it misses, from its durable cursor."""
+        """Resend each lagging partition what it misses, from its cursor."""
         assert self.sent is not None
         while self.inflight:
             self._collect(self.inflight.popleft())
         for p in sorted(self.behind):
-            cursor = self._flush([p])[0]
+            cursor = int(self._flush([p])[0]["durable"])
             if cursor < 0:
                 self.sent = None  # it lost even its initial sync: start over
                 return
@@ -248,8 +336,11 @@ class Reader:
                     for r in self.connector.read_changes(self.capture, self.expected[p], self.batch)
                     if r.seq <= self.read_pos
                 ]
+                moves = self._moves(raws)
+                raws = raws[: moves + 1]
                 hi = raws[-1].seq if raws else self.read_pos
-                parts, errors = self._decode(raws)
+                # NOTE: resent changes were seen before; when they committed is not known.
+                parts, errors = self._decode(raws, earliest=0, latest=now_ms())
                 self._call([p], parts, errors, hi=hi)
             if p in self.behind:
                 return
@@ -272,6 +363,7 @@ class Reader:
     ) -> list[tuple[int, Any]]:
         side = int(self.side)
         refs = []
+        notes, self.notes = self.notes, []
         for p in targets:
             payload = encode(
                 "changes",
@@ -281,6 +373,8 @@ class Reader:
                 to=hi,
                 rows=parts[p] if parts else [],
                 errors=errors if p == 0 else [],
+                notes=notes if p == 0 else [],
+                acked=self.acked_mail[p],
                 **{"from": -1 if snap else self.expected[p]},
             )
             refs.append((p, ray_api.call(self.partitions[p], "apply", side, payload)))
@@ -289,7 +383,9 @@ class Reader:
         return refs
 
     def _collect(self, refs: list[tuple[int, Any]]) -> None:
-        """Wait for a batch's answers; a partition that failed is marked behind."""
+        """Wait for a batch's answers; a partition that failed is marked behind. Mail in the
+        answers is delivered at once."""
+        mail: list[tuple[int, int, list[Any]]] = []
         for p, ref in refs:
             try:
                 answer = ray_api.get(ref, timeout=CALL_TIMEOUT_S)
@@ -302,42 +398,114 @@ class Reader:
                 self.behind.add(p)
             elif self.sent is not None:
                 self.sent[p] = max(self.sent[p], int(answer["durable"]))
+            if answer.get("busy"):
+                self.busy.add(p)
+            else:
+                self.busy.discard(p)
+            mail += [(p, number, m) for number, m in answer.get("mail", ())]
+        if mail or self.undelivered:
+            self._deliver(mail)
+
+    def _deliver(self, mail: list[tuple[int, int, list[Any]]]) -> None:
+        """Deliver mail to the partitions owning its keys, and the mail that brings, until
+        none is left. Each delivery is durable when answered; mail a partition could not
+        take waits in ``undelivered`` and is tried again."""
+        pending = [*self.undelivered, *mail]
+        self.undelivered = []
+        n = len(self.partitions)
+        side = int(self.side)
+        while pending:
+            by_target: dict[int, list[list[Any]]] = {}
+            for source, number, m in pending:
+                by_target.setdefault(partition_of(m[1], n), []).append([source, number, m])
+            pending = []
+            refs = [
+                (
+                    t,
+                    items,
+                    ray_api.call(
+                        self.partitions[t],
+                        "deliver",
+                        side,
+                        encode("changes", side=side, snap=False, mail=items),
+                    ),
+                )
+                for t, items in by_target.items()
+            ]
+            for target, items, ref in refs:
+                try:
+                    answer = ray_api.get(ref, timeout=CALL_TIMEOUT_S)
+                except DualsyncError as exc:
+                    self.counts["failures"] += 1
+                    self.last_error = f"partition {target}: {type(exc).__name__}: {exc}"
+                    self.undelivered += [(s, num, m) for s, num, m in items]
+                    continue
+                self.counts["mail"] += len(items)
+                for source, number, _ in items:
+                    self.acked_mail[source] = max(self.acked_mail[source], number)
+                pending += [(target, number, m) for number, m in answer.get("mail", ())]
+        if self.undelivered:
+            raise DualsyncError(f"{len(self.undelivered)} mail not delivered yet; retrying")
 
     def _decode(
-        self, raws: Sequence[RawChange], stamp_ms: int | None = None
+        self,
+        raws: Sequence[RawChange],
+        *,
+        earliest: int = 0,
+        latest: int = 0,
+        snapshot_ms: int | None = None,
     ) -> tuple[list[list[Any]], list[Any]]:
-        """Route changes to partitions in wire form; rows with a NULL key become errors."""
+        """Stamp and route changes to partitions in wire form; rows with a NULL key become
+        errors."""
         n = len(self.partitions)
         parts: list[list[Any]] = [[] for _ in range(n)]
         errors: list[Any] = []
         key_idx = self.cmap.key
         clock = self.clock
+        stamp = clock.stamp
         for raw in raws:
             seq, op, at_ms, old, new = raw
-            image = old if op == "D" else new
+            image = new if op in ("I", "S") else old
             assert image is not None
             key = [image[i] for i in key_idx]
-            if None in key:
-                errors.append(self._null_key_error(raw, key))
+            if None in key or (op == "U" and any(new[i] is None for i in key_idx)):  # type: ignore[index]
+                errors.append(self._null_key_error(raw))
                 self.counts["read_errors"] += 1
                 continue
-            ts = clock.now(stamp_ms if stamp_ms is not None else at_ms)
-            if op == "U":
-                assert old is not None
-                if any(old[i] != new[i] for i in key_idx):  # type: ignore[index]
-                    old_key = [old[i] for i in key_idx]
-                    # A key change is a delete of the old key and an insert of the new one.
-                    parts[partition_of(old_key, n)].append([seq, "D", old_key, ts, old, None])
-                    op, old = "I", None
+            if snapshot_ms is not None:
+                ts = clock.now(snapshot_ms)
+            else:
+                ts = stamp(at_ms, earliest, latest)
+            if op == "U" and any(old[i] != new[i] for i in key_idx):  # type: ignore[index]
+                op = "M"
             parts[partition_of(key, n)].append([seq, op, key, ts, old, new])
+        if snapshot_ms is None and raws:
+            self._watch_skew()
         return parts, errors
 
-    def _null_key_error(self, raw: RawChange, key: list[Any]) -> list[Any]:
+    def _watch_skew(self) -> None:
+        skewed = self.clock.skewed
+        if skewed == self.skewed:
+            return
+        self.skewed = skewed
+        skew = self.clock.skew_ms
+        if skewed:
+            message = (
+                f"{self.app}'s clock is {abs(skew):,} ms {'ahead of' if skew > 0 else 'behind'}"
+                f" the engine's (tolerance {self.tolerance_ms:,} ms): its commit times are "
+                "clipped to the tolerance"
+            )
+        else:
+            message = f"{self.app}'s clock is back within {self.tolerance_ms:,} ms of the engine's"
+        self.notes.append(["clock", message, {"skew_ms": skew, "tolerance_ms": self.tolerance_ms}])
+
+    def _null_key_error(self, raw: RawChange) -> list[Any]:
         names = self.cmap.fields
-        field = names[self.cmap.key[key.index(None)]]
-        column = self.capture.columns[self.cmap.key[key.index(None)]]
-        image = raw.old if raw.op == "D" else raw.new
+        old, new = raw.old, raw.new
+        image = old if raw.op == "D" or (raw.op == "U" and old and None in old) else new
         assert image is not None
+        at = next(i for i in self.cmap.key if image[i] is None)
+        field, column = names[at], self.capture.columns[at]
         row = dict(zip(self.capture.columns, image, strict=True))
         message = (
             f"{self.app}.{self.capture.entity}: key column {column!r} is NULL; "

@@ -4,10 +4,10 @@ Workload: ``--records`` records of ``--fields`` fields; two replicas (``finance`
 make ``--updates`` updates in total (half each, interleaved) to random (record, field) pairs
 drawn from a seeded generator. Then replica B is merged into replica A.
 
-- dualsync: each update is an `Edit` with one `Assign` (a `Register` stamped by the replica's
-  `HybridClock`, superseding the replica's own previous assignment of that field), applied
-  with `RecordState.apply` to the replica's states; the merge joins every state of B into
-  A's with `RecordState.join`.
+- dualsync: each update is an `Edit` of one field stamped by the replica's `HybridClock`
+  (it overwrites the replica's own previous assignment of that field; the replicas never saw
+  each other's), applied with `Record.apply` to the replica's records; the merge joins every
+  record of B into A's with `Record.join`.
 - pycrdt (the reference): one `Doc` per replica with a root `Map` per record; the same updates
   are set in transactions of ``--txn`` updates; the merge is ``A.apply_update(B.get_update(
   A.get_state()))``.
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conflict import Assign, Edit, HybridClock, RecordState, Register
+from conflict import BoundedClock, Edit, Origins, Record
 
 ORIGINS = ("finance", "crm")
 EPOCH_MS = 1_700_000_000_000
@@ -48,21 +48,16 @@ def workload(records: int, fields: int, updates: int, seed: int) -> tuple[list[U
     return per_replica
 
 
-def as_edits(origin: str, updates: list[Update], names: list[str]) -> list[tuple[int, Edit]]:
-    """One `Edit` per update. A replica's assignment of a field supersedes its own previous
-    one (the dots it has seen of that field); the two replicas never saw each other's."""
-    clock = HybridClock(origin)
-    last: dict[tuple[int, int], int] = {}
+def as_edits(origin: str, updates: list[Update]) -> list[tuple[int, Edit]]:
+    """One `Edit` per update, stamped by the replica's clock. It saw nothing of the other
+    replica (an empty view); its own earlier edits it always saw."""
+    clock = BoundedClock(Origins(ORIGINS).rank(origin))
     edits = []
     for k, (record, field, value) in enumerate(updates):
         # the k-th update of each replica is stamped at ms k: the two replicas' stamps
         # interleave, and ties break on the origin
         ts = clock.now(EPOCH_MS + k)
-        n = last.get((record, field), 0) + 1
-        last[record, field] = n
-        supersedes = ((origin, n - 1),) if n > 1 else ()
-        register = Register(value, ts, (origin, n))
-        edits.append((record, Edit(ts, False, (Assign(names[field], register, supersedes),))))
+        edits.append((record, Edit(ts, (), ((field, value),))))
     return edits
 
 
@@ -83,10 +78,10 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def bench_dualsync(
-    records: int, edits: list[list[tuple[int, Edit]]]
+    records: int, fields: int, edits: list[list[tuple[int, Edit]]]
 ) -> tuple[float, float, int, bool]:
     """(apply seconds, join seconds, fields holding concurrent values after it, converged)."""
-    states = [[RecordState() for _ in range(records)] for _ in ORIGINS]
+    states = [[Record(fields, len(ORIGINS)) for _ in range(records)] for _ in ORIGINS]
 
     def apply_all() -> None:
         for replica, replica_edits in zip(states, edits, strict=True):
@@ -109,7 +104,7 @@ def bench_dualsync(
         if other_way != joined:
             converged = False
             break
-    concurrent = sum(len(fs.entries) > 1 for state in a for fs in state.fields.values())
+    concurrent = sum(len(state.multi or ()) for state in a)
     return apply_s, join_s, concurrent, converged
 
 
@@ -167,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {args.seed}"
     )
 
-    edits = [as_edits(o, u, names) for o, u in zip(ORIGINS, per_replica, strict=True)]
+    edits = [as_edits(o, u) for o, u in zip(ORIGINS, per_replica, strict=True)]
     # Best of --repeat runs: the machine may be busy with other work.
     d_apply = d_join = p_apply = p_merge = float("inf")
     for _ in range(args.repeat):
-        apply_s, join_s, d_concurrent, d_ok = bench_dualsync(args.records, edits)
+        apply_s, join_s, d_concurrent, d_ok = bench_dualsync(args.records, args.fields, edits)
         d_apply, d_join = min(d_apply, apply_s), min(d_join, join_s)
         apply_s, merge_s, p_ok = bench_pycrdt(args.records, names, per_replica, args.txn)
         p_apply, p_merge = min(p_apply, apply_s), min(p_merge, merge_s)
@@ -179,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     figures = [
-        ("dualsync apply (RecordState.apply)", args.updates / d_apply, "field merges/s"),
-        ("dualsync merge (RecordState.join)", merged / d_join, "field merges/s"),
+        ("dualsync apply (Record.apply)", args.updates / d_apply, "field merges/s"),
+        ("dualsync merge (Record.join)", merged / d_join, "field merges/s"),
         ("pycrdt apply (Map set, transactions)", args.updates / p_apply, "updates/s"),
         ("pycrdt merge (get_update/apply_update)", merged / p_merge, "updates/s"),
     ]

@@ -1,9 +1,20 @@
-"""The merge core of dualsync: clocks, field registers, record merge and conflict policies.
+"""The merge core of dualsync: clocks, compact records, conflict policies.
 
 Pure Python: no I/O, no Ray, no clock reads (time is passed in).
 """
 
-from conflict.clock import Dot, DotContext, HybridClock, Ordering, Timestamp, VectorClock
+from conflict.clock import (
+    DEFAULT_TOLERANCE_MS,
+    BoundedClock,
+    HybridClock,
+    Ordering,
+    Origins,
+    Timestamp,
+    VectorClock,
+    pack,
+    stamp_after,
+    unpack,
+)
 from conflict.policy import (
     LWW,
     Conflict,
@@ -17,29 +28,36 @@ from conflict.policy import (
     resolve,
     resolver,
 )
-from conflict.record import Assign, Edit, FieldState, RecordState, Register
+from conflict.record import ABSENT, EXISTS, Chooser, Edit, Entry, Record, Register, latest
 
 __all__ = [
+    "ABSENT",
+    "DEFAULT_TOLERANCE_MS",
+    "EXISTS",
     "LWW",
-    "Assign",
+    "BoundedClock",
+    "Chooser",
     "Conflict",
     "Custom",
-    "Dot",
-    "DotContext",
     "Edit",
-    "FieldState",
+    "Entry",
     "HybridClock",
     "LastWriterWins",
     "Ordering",
+    "Origins",
     "Policy",
     "Prefer",
-    "RecordState",
+    "Record",
     "Register",
     "Resolver",
     "Timestamp",
     "UnknownPolicy",
     "VectorClock",
+    "latest",
+    "pack",
     "register_resolver",
     "resolve",
     "resolver",
+    "stamp_after",
+    "unpack",
 ]

@@ -1,33 +1,56 @@
-"""Clocks: hybrid logical timestamps, vector clocks and dot contexts.
+"""Clocks: hybrid logical timestamps, vector clocks, and bounded application clocks.
 
-All three are plain values with no I/O. Time is injected: a `HybridClock` is given the
-physical time by its caller, it never reads the system clock itself.
+All are plain values with no I/O. Time is injected: a `HybridClock` is given the physical
+time by its caller, it never reads the system clock itself.
 
 - `Timestamp` is a hybrid logical clock (HLC) reading ``(wall_ms, counter, origin)``. Tuples
   compare lexicographically, so two timestamps always have a total order and ties break
   deterministically on the origin id, never on wall time alone.
+- A *stamp* is the same reading packed in one int (`pack`): wall time, counter, and the
+  origin's rank in an `Origins` table (ranks follow the names' order, so stamps compare as
+  the timestamps do). Records and the wire carry stamps: one small int instead of a tuple
+  of three objects. `Origins.timestamp` turns one back into a `Timestamp`.
 - `VectorClock` maps an origin to a counter and gives the causal partial order: `compare`
   returns `None` for concurrent clocks.
-- `DotContext` is the set of events ("dots", ``(origin, n)``) a replica has seen, stored as a
-  vector clock plus the few dots that arrived out of order.
+- `BoundedClock` stamps an application's changes from the commit times it reports, clipped
+  to the window in which the engine knows they committed, plus a tolerance: an application
+  clock that runs ahead or behind cannot push its timestamps further than that, and the
+  offset it shows is measured (`BoundedClock.skew_ms`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 __all__ = [
-    "DotContext",
+    "DEFAULT_TOLERANCE_MS",
+    "LIVE_WINDOW_MS",
+    "MAX_COUNTER",
+    "MAX_ORIGINS",
+    "MAX_WALL_MS",
+    "BoundedClock",
     "HybridClock",
     "Ordering",
+    "Origins",
     "Timestamp",
     "VectorClock",
+    "pack",
+    "stamp_after",
+    "unpack",
 ]
 
-Dot = tuple[str, int]
-"""One event: ``(origin, n)``, the n-th event of that origin (n counts from 1)."""
+DEFAULT_TOLERANCE_MS = 1_000
+"""How far an application's commit times may lie outside the window in which the engine
+knows the change committed before they are clipped (and the skew reported)."""
+
+ORIGIN_BITS = 4
+COUNTER_BITS = 18
+MAX_ORIGINS = 1 << ORIGIN_BITS
+ORIGIN_MASK = MAX_ORIGINS - 1
+MAX_COUNTER = (1 << COUNTER_BITS) - 1
+MAX_WALL_MS = (1 << (64 - ORIGIN_BITS - COUNTER_BITS)) - 1  # about the year 2109
 
 
 class Ordering(enum.Enum):
@@ -57,6 +80,71 @@ class Timestamp(NamedTuple):
         if self > seen:
             return self
         return Timestamp(seen.wall_ms, seen.counter + 1, self.origin)
+
+
+def pack(wall_ms: int, counter: int, rank: int) -> int:
+    """A stamp: ``wall_ms`` (42 bits), ``counter`` (18 bits), origin ``rank`` (4 bits), in
+    64 bits (a msgpack uint64). Stamps compare as ``(wall_ms, counter, rank)`` tuples."""
+    if not (0 <= wall_ms <= MAX_WALL_MS and 0 <= counter <= MAX_COUNTER and 0 <= rank < 16):
+        raise ValueError(f"no stamp for wall {wall_ms} ms, counter {counter}, rank {rank}")
+    return (((wall_ms << COUNTER_BITS) | counter) << ORIGIN_BITS) | rank
+
+
+def unpack(stamp: int) -> tuple[int, int, int]:
+    """``(wall_ms, counter, rank)`` of a stamp."""
+    return (
+        stamp >> (COUNTER_BITS + ORIGIN_BITS),
+        (stamp >> ORIGIN_BITS) & MAX_COUNTER,
+        (stamp & ORIGIN_MASK),
+    )
+
+
+def stamp_after(stamp: int, seen: int) -> int:
+    """``stamp`` once its event is known to have seen ``seen`` (the HLC receive rule): itself
+    if already later, otherwise ``seen``'s wall time and counter plus one, with ``stamp``'s
+    origin (as `Timestamp.after`)."""
+    if stamp > seen:
+        return stamp
+    return (((seen >> ORIGIN_BITS) + 1) << ORIGIN_BITS) | (stamp & ORIGIN_MASK)
+
+
+class Origins:
+    """The origins (applications) whose stamps a set of records holds, ranked by name.
+
+    Ranking by name makes stamps break ties as `Timestamp` tuples do (on the origin name),
+    and gives every process the same ranks for the same names.
+    """
+
+    __slots__ = ("names", "ranks")
+
+    def __init__(self, names: tuple[str, ...] | list[str]) -> None:
+        ordered = tuple(sorted(set(names)))
+        if not 1 <= len(ordered) <= MAX_ORIGINS:
+            raise ValueError(f"between 1 and {MAX_ORIGINS} origins, found {len(ordered)}")
+        self.names = ordered
+        self.ranks = {name: i for i, name in enumerate(ordered)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Origins({list(self.names)!r})"
+
+    def rank(self, name: str) -> int:
+        rank = self.ranks.get(name)
+        if rank is None:
+            raise KeyError(f"unknown origin {name!r} (known: {', '.join(self.names)})")
+        return rank
+
+    def name(self, stamp: int) -> str:
+        return self.names[stamp & ORIGIN_MASK]
+
+    def timestamp(self, stamp: int) -> Timestamp:
+        wall, counter, rank = unpack(stamp)
+        return Timestamp(wall, counter, self.names[rank])
+
+    def stamp(self, ts: Timestamp) -> int:
+        return pack(ts.wall_ms, ts.counter, self.rank(ts.origin))
 
 
 class HybridClock:
@@ -132,8 +220,9 @@ class VectorClock:
                 merged[origin] = n
         return VectorClock(merged)
 
-    def covers(self, other: VectorClock | Dot) -> bool:
-        """True if every event of ``other`` (a clock, or one dot) is known to this clock."""
+    def covers(self, other: VectorClock | tuple[str, int]) -> bool:
+        """True if every event of ``other`` (a clock, or one event ``(origin, n)``) is known
+        to this clock."""
         if isinstance(other, tuple):
             origin, n = other
             return n <= self[origin]
@@ -151,83 +240,75 @@ class VectorClock:
         return None
 
 
-class DotContext:
-    """A set of dots, compact when dots of each origin arrive without gaps.
+LIVE_WINDOW_MS = 2_000
+"""A look at the change log this soon after the previous one measures the clock's offset."""
 
-    ``vv[o] = n`` means dots ``(o, 1) .. (o, n)`` are all present; ``cloud`` holds dots past a
-    gap. Mutable on purpose: it sits on the merge hot path. ``copy()`` before sharing.
+
+class BoundedClock:
+    """The hybrid clock of one application, fed by the commit times it reports; it gives
+    stamps (see `pack`) of the application's ``rank``.
+
+    ``stamp(app_ms, earliest_ms, latest_ms)`` stamps a change the application says committed
+    at ``app_ms`` and that the engine knows committed between ``earliest_ms`` (its previous
+    look at the change log that reached its end, which did not show it; 0 if unknown) and
+    ``latest_ms`` (the look that did), on the engine's own clock. Units: milliseconds since
+    the Unix epoch.
+
+    - Offset. A look within `LIVE_WINDOW_MS` of the previous one (live sync) measures how
+      far ``app_ms`` lies outside the window: ``skew_ms`` (positive: ahead, negative: behind,
+      0: inside). While that passes ``tolerance_ms`` (``skewed``), the application's times
+      are corrected by it, also for changes read later in a wide window (a backlog after a
+      pause), so a clock an hour ahead does not win the changes it made during a pause.
+      A look that finds the clock right again sets the offset back to 0.
+    - Clipping. The time used is then clipped to the window widened by ``tolerance_ms`` on
+      both sides: whatever the application says, its stamps lie at most ``tolerance_ms``
+      outside what the engine saw. So a wrong clock stops winning conflicts as soon as it
+      is right again (the hybrid clock's wall time is never more than the tolerance ahead).
+    - ``last`` resumes a clock after its last stamp (a restart must never stamp lower).
+
+    A long-running transaction can also show as "behind" (its commit time is taken when it
+    logs a change, before it commits).
     """
 
-    __slots__ = ("cloud", "vv")
+    __slots__ = ("_counter", "_wall", "offset_ms", "rank", "skew_ms", "tolerance_ms")
 
-    def __init__(self, vv: dict[str, int] | None = None, cloud: Iterable[Dot] = ()) -> None:
-        self.vv: dict[str, int] = dict(vv) if vv else {}
-        self.cloud: set[Dot] | None = None
-        for dot in cloud:
-            self.add(dot)
+    def __init__(self, rank: int, tolerance_ms: int = DEFAULT_TOLERANCE_MS, last: int = 0) -> None:
+        if tolerance_ms < 0:
+            raise ValueError(f"the clock tolerance must be >= 0 ms, found {tolerance_ms}")
+        self.rank = rank
+        self.tolerance_ms = tolerance_ms
+        self.skew_ms = 0
+        self.offset_ms = 0  # the correction applied to the application's times
+        self._wall, self._counter, _ = unpack(last)
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, DotContext)
-            and self.vv == other.vv
-            and (self.cloud or set()) == (other.cloud or set())
-        )
+    @property
+    def last(self) -> int:
+        return pack(self._wall, self._counter, self.rank)
 
-    __hash__ = None  # type: ignore[assignment]
+    @property
+    def skewed(self) -> bool:
+        return abs(self.skew_ms) > self.tolerance_ms
 
-    def __repr__(self) -> str:
-        return f"DotContext({self.vv!r}, {sorted(self.cloud or ())!r})"
+    def now(self, physical_ms: int) -> int:
+        """The next stamp at ``physical_ms`` (no clipping): strictly above every earlier one."""
+        if physical_ms > self._wall:
+            self._wall, self._counter = physical_ms, 0
+        elif self._counter < MAX_COUNTER:
+            self._counter += 1
+        else:  # NOTE: 262,143 stamps in one ms: borrow the next millisecond.
+            self._wall, self._counter = self._wall + 1, 0
+        return (((self._wall << COUNTER_BITS) | self._counter) << ORIGIN_BITS) | self.rank
 
-    def copy(self) -> DotContext:
-        new = DotContext(self.vv)
-        if self.cloud:
-            new.cloud = set(self.cloud)
-        return new
-
-    def covers(self, dot: Dot) -> bool:
-        origin, n = dot
-        return n <= self.vv.get(origin, 0) or (self.cloud is not None and dot in self.cloud)
-
-    def next_dot(self, origin: str) -> Dot:
-        """The dot a new event of ``origin`` gets: one past everything seen of it."""
-        top = self.vv.get(origin, 0)
-        if self.cloud:
-            top = max([top, *(n for o, n in self.cloud if o == origin)])
-        return (origin, top + 1)
-
-    def add(self, dot: Dot) -> None:
-        origin, n = dot
-        top = self.vv.get(origin, 0)
-        if n <= top:
-            return
-        if n == top + 1:
-            self.vv[origin] = n
-            if self.cloud:
-                self._compact(origin)
-        else:
-            if self.cloud is None:
-                self.cloud = set()
-            self.cloud.add(dot)
-
-    def merge(self, other: DotContext) -> None:
-        for origin, n in other.vv.items():
-            if n > self.vv.get(origin, 0):
-                self.vv[origin] = n
-                if self.cloud:
-                    self._compact(origin)
-        if other.cloud:
-            for dot in other.cloud:
-                self.add(dot)
-
-    def _compact(self, origin: str) -> None:
-        cloud = self.cloud
-        assert cloud is not None
-        top = self.vv[origin]
-        for dot in [d for d in cloud if d[0] == origin and d[1] <= top]:
-            cloud.discard(dot)
-        while (origin, top + 1) in cloud:
-            top += 1
-            cloud.discard((origin, top))
-        self.vv[origin] = top
-        if not cloud:
-            self.cloud = None
+    def stamp(self, app_ms: int, earliest_ms: int, latest_ms: int) -> int:
+        tolerance = self.tolerance_ms
+        if earliest_ms > 0 and latest_ms - earliest_ms <= LIVE_WINDOW_MS:
+            if app_ms > latest_ms:
+                skew = app_ms - latest_ms
+            elif app_ms < earliest_ms:
+                skew = app_ms - earliest_ms
+            else:
+                skew = 0
+            self.skew_ms = skew
+            self.offset_ms = skew if abs(skew) > tolerance else 0
+        corrected = app_ms - self.offset_ms
+        return self.now(min(max(corrected, earliest_ms - tolerance), latest_ms + tolerance))

@@ -1,8 +1,8 @@
 """Conflict policies: which of several concurrent values of a field wins.
 
-A policy only ever sees *concurrent* assignments (a causally newer edit has already overwritten
-what it saw, see `conflict.record`). Every policy is deterministic: the candidates are passed
-oldest first by timestamp, so the same set gives the same winner on every replica.
+A policy only ever sees *concurrent* assignments (an edit made after seeing a value has
+already overwritten it, see `conflict.record`). Every policy is deterministic: the candidates
+are passed oldest first by timestamp, so the same set gives the same winner on every replica.
 
 - ``lww`` (`LastWriterWins`): the later HLC timestamp; ties break on the origin id.
 - ``prefer: <app>`` (`Prefer`): the latest value written by that application, if there is one,
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conflict.record import FieldState, Register
+from conflict.record import Register
 
 __all__ = [
     "Conflict",
@@ -160,15 +160,13 @@ class Custom(Policy):
 LWW = LastWriterWins()
 
 
-def resolve(field: str, fs: FieldState, policy: Policy) -> tuple[Register, Conflict | None]:
-    """The winning register of a field, and the conflict if concurrent values differ.
-
-    The field must hold at least one assignment.
-    """
-    entries = fs.entries
-    if len(entries) == 1:
-        return next(iter(entries.values())), None
-    candidates = fs.registers()
+def resolve(
+    field: str, candidates: Sequence[Register], policy: Policy
+) -> tuple[Register, Conflict | None]:
+    """The winning register among concurrent ``candidates`` (oldest first, at least one), and
+    the conflict if their values differ."""
+    if len(candidates) == 1:
+        return candidates[0], None
     first = candidates[0].value
     if all(r.value == first for r in candidates):
         # Concurrent edits that agree are not a conflict; the latest carries the value.

@@ -23,10 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from conflict import Resolver, UnknownPolicy, resolver
+from conflict import DEFAULT_TOLERANCE_MS, Resolver, UnknownPolicy, resolver
 from engine.errors import EngineError, SyncTimeout
 from engine.ids import Mode
 from engine.maps import EntityMap, load_map
+from engine.pipeline import DEFAULT_CACHE_RECORDS
 
 __all__ = ["SyncEngine"]
 
@@ -62,6 +63,8 @@ class SyncEngine:
         partitions: int = 2,
         batch_size: int = 5000,
         resolvers: Mapping[str, Resolver] | None = None,
+        clock_tolerance_ms: int = DEFAULT_TOLERANCE_MS,
+        cache_records: int = DEFAULT_CACHE_RECORDS,
     ) -> SyncEngine:
         """Start (or attach to) the engine whose durable state lives in ``state_dir``.
 
@@ -69,7 +72,11 @@ class SyncEngine:
         this process); ``"auto"`` or ``"ray://host:10001"`` joins an existing cluster.
         ``partitions`` is the default number of partition actors per map; ``batch_size``
         the most changes a reader moves per batch. ``resolvers`` are custom conflict
-        policies by name (see `conflict.register_resolver`).
+        policies by name (see `conflict.register_resolver`). ``clock_tolerance_ms``: how far
+        an application's commit times may run ahead of (or behind) the engine's clock before
+        they are clipped and the skew is logged (docs/architecture.md). ``cache_records``:
+        the records each partition keeps in memory beyond those changed since its last
+        checkpoint (the rest stay in its store on disk).
         """
         from actors import ray_api  # NOTE: lazily, so that `import engine` never loads Ray.
 
@@ -79,7 +86,12 @@ class SyncEngine:
         name = "coordinator-" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
         handle = ray_api.get_actor(name, NAMESPACE)
         if handle is None:
-            options = {"partitions": partitions, "batch_size": batch_size}
+            options = {
+                "partitions": partitions,
+                "batch_size": batch_size,
+                "clock_tolerance_ms": clock_tolerance_ms,
+                "cache_records": cache_records,
+            }
             handle = ray_api.create(
                 "coordinator",
                 str(path),

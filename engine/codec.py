@@ -18,7 +18,9 @@ Messages (version 1):
 Values are msgpack's own types (nil, bool, int, float, str, bytes, lists, maps) and the
 canonical types of `engine.values` as ext types: 2 decimal (its exact text), 3 timestamp
 (int64 microseconds since the epoch, UTC), 4 date (int32 proleptic ordinal), 5 uuid (16
-bytes), 6 json (compact JSON text). `UNSEEN` (a value the engine has not observed) is ext 1.
+bytes), 6 json (compact JSON text). `UNSEEN` (a value the engine has not observed) is ext 1;
+in persisted records only, `conflict.ABSENT` (a field never assigned) is ext 7 and `SAME` (a
+side holds the merged values) ext 8.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from typing import Any
 
 import msgpack
 
+from conflict import ABSENT
 from engine.errors import CodecError
 from engine.values import UTC, Json
 
-__all__ = ["UNSEEN", "VERSION", "decode", "encode"]
+__all__ = ["SAME", "UNSEEN", "VERSION", "decode", "encode"]
 
-VERSION = 1
-_UNSEEN_EXT, _DECIMAL, _TIMESTAMP, _DATE, _UUID, _JSON = 1, 2, 3, 4, 5, 6
+VERSION = 2
+_UNSEEN_EXT, _DECIMAL, _TIMESTAMP, _DATE, _UUID, _JSON, _ABSENT_EXT, _SAME_EXT = range(1, 9)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _US = dt.timedelta(microseconds=1)
 
@@ -62,9 +65,33 @@ class _Unseen:
 UNSEEN: Any = _Unseen()
 
 
+class _Same:
+    """What a side holds when it holds exactly the merged values (see `engine.records`)."""
+
+    _instance: _Same | None = None
+
+    def __new__(cls) -> _Same:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SAME"
+
+    def __reduce__(self) -> Any:
+        return (_Same, ())
+
+
+SAME: Any = _Same()
+
+
 def _default(obj: Any) -> Any:
     if obj is UNSEEN:
         return msgpack.ExtType(_UNSEEN_EXT, b"")
+    if obj is ABSENT:
+        return msgpack.ExtType(_ABSENT_EXT, b"")
+    if obj is SAME:
+        return msgpack.ExtType(_SAME_EXT, b"")
     if isinstance(obj, Decimal):
         return msgpack.ExtType(_DECIMAL, str(obj).encode())
     if isinstance(obj, dt.datetime):
@@ -95,7 +122,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return uuid.UUID(bytes=data)
     if code == _JSON:
         return Json.loads(data)
-    raise CodecError(f"unknown msgpack ext type {code} (expected 1 to {_JSON})")
+    if code == _ABSENT_EXT:
+        return ABSENT
+    if code == _SAME_EXT:
+        return SAME
+    raise CodecError(f"unknown msgpack ext type {code} (expected 1 to {_SAME_EXT})")
 
 
 def encode(kind: str, **body: Any) -> bytes:

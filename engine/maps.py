@@ -224,6 +224,7 @@ class EntityMap(BaseModel):
             targeted=tuple(
                 tuple(i for i, s in enumerate(sources) if side.other in s) for side in Side
             ),
+            owned=tuple(tuple(i for i, s in enumerate(sources) if s == (side,)) for side in Side),
             both=tuple(fm.direction is Direction.BOTH for fm in self.fields),
             policy=self.policy(resolvers),
             types=tuple(fm.type for fm in self.fields),
@@ -236,8 +237,8 @@ class CompiledMap:
 
     ``columns[side][i]`` is field i's column on that side; ``key`` lists the canonical key
     field indices; ``sourced[side]`` the fields whose edits on that side are synced;
-    ``targeted[side]`` the fields that side receives; ``both[i]`` whether field i syncs both
-    ways.
+    ``targeted[side]`` the fields that side receives; ``owned[side]`` those only that side
+    sets (one-way from it); ``both[i]`` whether field i syncs both ways.
     """
 
     name: str
@@ -248,6 +249,7 @@ class CompiledMap:
     key: tuple[int, ...]
     sourced: tuple[tuple[int, ...], ...]
     targeted: tuple[tuple[int, ...], ...]
+    owned: tuple[tuple[int, ...], ...]
     both: tuple[bool, ...]
     policy: Policy
     types: tuple[str | None, ...]

@@ -1,40 +1,47 @@
 """The sync protocol of one partition, sans I/O.
 
-`PartitionLogic.ingest(side, changes)` takes a batch of captured changes from one side and
-returns the writes to make on each side plus the conflicts and errors to log;
-`PartitionLogic.confirm(side, writes, failures)` takes the outcome of those writes. Nothing
-here talks to Ray, a database or the clock: the actor shell in ``actors/`` carries the bytes.
+`PartitionLogic.ingest(side, changes)` merges a batch of captured changes of one side and
+returns the writes to make on each side, the conflicts and errors to log, and mail for other
+partitions; `PartitionLogic.confirm(side, writes, position, failures)` takes the outcome of
+those writes; `PartitionLogic.deliver(side, mail)` takes mail from other partitions. Nothing
+here talks to Ray, a database or the clock: the runner (`engine.partition`) carries the bytes,
+and records come from an injected loader (`engine.records.RecordCache`).
 
-Per record the partition keeps (`Tracked`):
+Causality (see `conflict.record` and docs/architecture.md). What a change was made on top of
+comes from its side's own history, never from comparing values: that side's earlier changes
+(always), and our writes that landed on the side before the change. Each write of ours
+carries the merged record, so it carries the stamp of the other side's latest merged edit
+(its ``ctx``); a change whose sequence is past the write's ``position`` was made after it and
+has seen everything up to that stamp (``view``). So an edit or delete overwrites exactly what
+its side had seen, and is concurrent with the rest. Values are compared only to find which
+fields a change modified (its before and after images) and, for a record first met in a
+snapshot, where the side's history is unknown: a snapshot row counts as having seen the
+merged record, except in the fields where it holds a different value, which are concurrent.
 
-- ``state``: the merged `RecordState` (field registers, existence);
-- ``seen[side]``: what the engine knows that side holds: ``None`` (no row), `UNSEEN` (not
-  known) or a list of values in canonical field order (a field may be `UNSEEN`);
-- ``pending[side]``: our writes to that side that the side's change stream has not passed
-  yet, each with its ``position`` in the side's change log (changes up to it committed before
-  the write, later ones after).
+Each change's stamp is raised past everything it saw (the hybrid clock's receive rule), so a
+change made after seeing a value also carries a later stamp, whatever the clocks say.
 
-``seen`` follows each side's history in log order: a change sets it to the change's new row,
-and our writes that landed after that change (position >= its sequence) are applied on top.
-So even when an application edits a record while our write to it is in flight, the engine
-knows what the application ends up holding, and writes again if that is not the merged state.
-Our own writes are never captured as changes, so nothing loops.
+Convergence. After a batch, every touched record is compared with what each side holds now
+(`Tracked.holds`): both-ways fields whenever they differ from the merged winner, one-way
+fields when this batch changed them (an edit made on the receiving side of a one-way field
+stays until its source changes it). A side that has not seen everything merged from the
+other side (`Tracked.view_now`) is written even where values agree, so that its next edit
+counts as made on top of the merged record: after a batch both sides hold the merged record
+and have seen it, or a write is on its way.
 
-Causality: a change carries the values the application held before it (``old``, or for an
-insert what we had seen on that side). An edit of a field whose old value is the current
-winner was made on top of everything merged so far: it overwrites every concurrent value and
-wins. Otherwise it overwrites only the values equal to its old value and stays concurrent with
-the rest, and the map's policy decides (and a conflict is logged).
+Keys. A record's key fields are registers like the others. An update that changes the key
+(op ``M``) assigns them; when a record's merged key differs from the key it is stored at, it
+moves: to the partition owning the new key (mail ``adopt``), leaving a `Redirect` behind.
+A change that arrives at a key the record left, from a side that still holds the record
+there, is forwarded to it (mail ``forward``), and a side holding the record at another key
+(its own concurrent rename) gets a redirect installed there (mail ``redirect``). A side whose
+row has another key than the merged one is written a move (``M``). So concurrent renames of
+one record end with one record, the key the policy picks.
 
-Convergence: after a batch, every touched record is compared with what each side holds.
-Both-ways fields are written wherever they differ from the merged winner; one-way fields are
-written when their winner changed, so an edit made on the receiving side of a one-way field
-stays until the source changes it.
-
-Persisted across restarts: ``state``, ``seen`` and ``pending`` of every record (see
-``encode_record``), with the per-side cursors. `ingest` and
-`confirm` are deterministic (given the state, the batch and the write outcomes), so the actor
-shell can persist a batch as its input and outcome, and rebuild by replaying it.
+Persisted: every record (`engine.records.encode_record`) and the few counters of
+`PartitionLogic.meta`. `ingest`, `confirm` and `deliver` are deterministic given the state,
+their input and the write outcomes, so the runner persists inputs and outcomes and rebuilds
+by replaying them.
 """
 
 from __future__ import annotations
@@ -46,40 +53,39 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from conflict import (
-    LWW,
-    Conflict,
-    Edit,
-    FieldState,
-    RecordState,
-    Register,
-    Timestamp,
-    resolve,
-)
-from engine.codec import UNSEEN, pack, unpack
+from conflict import ABSENT, EXISTS, LWW, Conflict, Entry, Origins, Register, resolve
+from conflict.clock import stamp_after
+from engine.codec import SAME, UNSEEN
 from engine.ids import RecordKey, Side
 from engine.maps import CompiledMap
+from engine.records import (
+    Pending,
+    RecordCache,
+    Redirect,
+    Tracked,
+    apply_write,
+    decode_record,
+    encode_record,
+)
 
 __all__ = [
-    "EXISTS",
+    "DEFAULT_CACHE_RECORDS",
+    "EXISTS_FIELD",
     "Change",
     "ConflictEntry",
     "ErrorEntry",
+    "Mail",
     "Outcome",
     "PartitionLogic",
-    "Tracked",
     "Write",
-    "decode_record",
-    "encode_record",
     "partition_of",
 ]
 
-EXISTS = "$exists"
-BOTH_SIDES = frozenset((Side.LEFT, Side.RIGHT))
+EXISTS_FIELD = "$exists"
 """The pseudo-field named in conflict entries for a delete against a concurrent update."""
 
-_ABSENT: Any = object()
-
+DEFAULT_CACHE_RECORDS = 200_000
+"""Records a partition keeps in memory beyond those changed since its last checkpoint."""
 
 _packers = threading.local()
 
@@ -95,22 +101,42 @@ def partition_of(key: Sequence[Any], partitions: int) -> int:
 
 
 class Change(NamedTuple):
-    """A captured change in canonical form (see `engine.codec` for the wire shape)."""
+    """A captured change in canonical form (see `engine.codec` for the wire shape).
+
+    ``key`` is the key the side's row had before the change (an insert: its key); ``ts``
+    the reader's stamp (see `conflict.clock.BoundedClock`).
+    """
 
     seq: int
-    op: str  # "I" insert, "U" update, "D" delete, "S" a row of the initial snapshot
+    op: str  # "I" insert, "U" update, "M" update of the key, "D" delete, "S" snapshot row
     key: RecordKey
-    ts: Timestamp
+    ts: int
     old: Sequence[Any] | None
     new: Sequence[Any] | None
 
 
 class Write(NamedTuple):
-    """One record to write on a side: op ``I`` (upsert all), ``U`` (update) or ``D``."""
+    """One record to write on a side: ``I`` (upsert), ``U`` (update), ``D`` or ``M`` (move
+    the row at ``old`` to ``key``, with every value)."""
 
     op: str
     key: RecordKey
     values: dict[int, Any]
+    old: RecordKey | None = None
+
+
+class Mail(NamedTuple):
+    """A message for the partition owning ``key``, carried by the reader of ``side``.
+
+    ``adopt``: ``body`` is an encoded record that moved to ``key``; ``forward``: a change (in
+    wire form) made at a key the record left; ``redirect``: send changes arriving at ``key``
+    from a side that does not hold the record there to the key ``body``.
+    """
+
+    kind: str
+    key: RecordKey
+    side: int
+    body: Any
 
 
 class ConflictEntry(NamedTuple):
@@ -118,8 +144,8 @@ class ConflictEntry(NamedTuple):
     map: str
     key: RecordKey
     field: str
-    candidates: list[tuple[Any, str, Timestamp]]  # (value, origin, timestamp), oldest first
-    winner: tuple[Any, str, Timestamp]
+    candidates: list[tuple[Any, str, Any]]  # (value, origin, Timestamp), oldest first
+    winner: tuple[Any, str, Any]
     rule: str
 
 
@@ -129,7 +155,7 @@ class ErrorEntry(NamedTuple):
     app: str
     key: RecordKey | None
     field: str | None
-    kind: str  # "read" (bad source record), "write" (refused by the target), "resolve"
+    kind: str  # "read", "write", "resolve", "clock", "collision"
     message: str
     payload: dict[str, Any]
 
@@ -138,135 +164,780 @@ class Outcome(NamedTuple):
     writes: tuple[list[Write], list[Write]]  # indexed by Side
     conflicts: list[ConflictEntry]
     errors: list[ErrorEntry]
+    mail: list[Mail]
 
 
-Pending = list[tuple[int, str, dict[int, Any]]]
-"""Per side, our writes the change stream has not passed, oldest first:
-``(position, op, values)``."""
+def _outcome() -> Outcome:
+    return Outcome(([], []), [], [], [])
 
 
-class Tracked:
-    __slots__ = ("last", "pending", "seen", "state")
+class _Touch:
+    """A record a batch touched: what it changed and how it stood before."""
 
-    def __init__(
-        self,
-        state: RecordState | None = None,
-        seen: list[Any] | None = None,
-        pending: list[Pending] | None = None,
-        last: list[int] | None = None,
-    ) -> None:
-        self.state = state if state is not None else RecordState()
-        self.seen: list[Any] = seen if seen is not None else [UNSEEN, UNSEEN]
-        self.pending: list[Pending] = pending if pending is not None else [[], []]
-        # per side: the sequence of the last change of this record merged from that side
-        self.last: list[int] = last if last is not None else [-1, -1]
+    __slots__ = ("changed", "concurrent", "rec", "was")
+
+    def __init__(self, rec: Tracked, was: int) -> None:
+        self.rec = rec
+        self.changed: set[int] | None = set()  # None: compare every field
+        self.concurrent: set[int] = set()
+        self.was = was
+
+
+_NONE, _LIVE, _DEAD = 0, 1, 2
+
+
+def _standing(rec: Tracked | Redirect | None) -> int:
+    if not isinstance(rec, Tracked) or not rec.known:
+        return _NONE
+    return _LIVE if rec.exists else _DEAD
 
 
 class PartitionLogic:
-    """The merged records of one partition and the protocol that keeps both sides equal."""
+    """The records of one partition of a map and the protocol that keeps both sides equal.
 
-    def __init__(self, cmap: CompiledMap, records: dict[RecordKey, Tracked] | None = None) -> None:
+    ``index``/``partitions``: which partition this is (to tell the keys it owns); ``load``
+    fetches encoded records from the store (None: everything is in memory); ``live``: both
+    sides are past their initial snapshot (see ``opened``).
+    """
+
+    def __init__(
+        self,
+        cmap: CompiledMap,
+        *,
+        index: int = 0,
+        partitions: int = 1,
+        load: Any = None,
+        cache_records: int = DEFAULT_CACHE_RECORDS,
+        live: bool = False,
+    ) -> None:
         self.map = cmap
-        self.records: dict[RecordKey, Tracked] = records if records is not None else {}
-        self.dirty: set[RecordKey] = set()
-        self.resolver_failures: list[tuple[str, str]] = []  # (field, message), drained by ingest
-        self._index = {name: i for i, name in enumerate(cmap.fields)}
+        self.n = len(cmap.fields)
+        self.index = index
+        self.partitions = partitions
+        self.origins = Origins(list(cmap.apps))
+        self.rank = (self.origins.rank(cmap.apps[0]), self.origins.rank(cmap.apps[1]))
+        self.cache = RecordCache(cache_records, load)
+        # Persisted (see `meta`): per side, the change sequence merged up to and the
+        # latest reader stamp merged; the record counts; records with writes pending.
+        self.stream = [-1, -1]
+        self.clock = [0, 0]
+        self.records = 0
+        self.deleted = 0
+        self.pending_keys: set[RecordKey] = set()
+        # Per side: whether it has sent anything (its initial snapshot has begun: its read
+        # transaction is open), and the records whose writes to it wait until then.
+        self.opened = [live, live]
+        self.deferred: list[set[RecordKey]] = [set(), set()]
+        self.resolver_failures: list[tuple[str, str]] = []  # (field, message), per record
+        self._reported: set[tuple[RecordKey, str]] = set()
 
-    # -- reading -------------------------------------------------------------------------
+    # -- persisted counters ----------------------------------------------------------------
 
-    def winner(self, name: str, fs: FieldState) -> Register:
-        """The winning assignment of field ``name`` (which must hold one)."""
-        if len(fs.entries) == 1:
-            return next(iter(fs.entries.values()))
-        return self._resolve(name, fs)[0]
-
-    def _resolve(self, name: str, fs: FieldState) -> tuple[Register, Conflict | None]:
-        """`resolve` with the map's policy; a custom resolver that fails falls back to lww
-        (the failure is reported as an error of the record being merged)."""
-        try:
-            return resolve(name, fs, self.map.policy)
-        except Exception as exc:  # NOTE: user code; one bad call must not stop the partition.
-            self.resolver_failures.append((name, f"{type(exc).__name__}: {exc}"))
-            winner, conflict = resolve(name, fs, LWW)
-            if conflict is not None:
-                conflict = Conflict(
-                    conflict.field,
-                    conflict.candidates,
-                    winner,
-                    f"lww ({self.map.policy.rule} failed)",
-                )
-            return winner, conflict
-
-    def values(self, key: RecordKey) -> dict[str, Any] | None:
-        """The merged record as ``{field: winning value}``, or None if it does not exist."""
-        rec = self.records.get(key)
-        if rec is None or not rec.state.exists:
-            return None
+    def meta(self) -> dict[str, Any]:
         return {
-            name: self.winner(name, fs).value for name, fs in rec.state.fields.items() if fs.entries
+            "stream": list(self.stream),
+            "clock": list(self.clock),
+            "records": self.records,
+            "deleted": self.deleted,
+            "pending": [list(k) for k in self.pending_keys],
+            "opened": list(self.opened),
+            "deferred": [[list(k) for k in keys] for keys in self.deferred],
         }
 
-    # -- the protocol --------------------------------------------------------------------
+    def restore(self, meta: dict[str, Any]) -> None:
+        self.stream = list(meta.get("stream", [-1, -1]))
+        self.clock = list(meta.get("clock", [0, 0]))
+        self.records = int(meta.get("records", 0))
+        self.deleted = int(meta.get("deleted", 0))
+        self.pending_keys = {tuple(k) for k in meta.get("pending", [])}
+        self.opened = list(meta.get("opened", [False, False]))
+        self.deferred = [{tuple(k) for k in keys} for keys in meta.get("deferred", [[], []])]
 
-    def ingest(self, side: Side, changes: Iterable[Change], now_ms: int) -> Outcome:
-        """Merge a batch of changes captured on ``side``; return what to write and log."""
-        out = Outcome(([], []), [], [])
-        # key -> [record, fields whose winner may have changed, compare every field?, sides]
-        touched: dict[RecordKey, list[Any]] = {}
-        self.resolver_failures.clear()  # a failure met outside a batch is no record's error
-        self._reported: set[tuple[RecordKey, str]] = set()
-        records = self.records
-        dirty = self.dirty
-        other = 1 << side.other
+    # -- reading ---------------------------------------------------------------------------
+
+    def owner(self, key: RecordKey) -> int:
+        return partition_of(key, self.partitions)
+
+    def values(self, key: RecordKey) -> dict[str, Any] | RecordKey | None:
+        """The merged record as ``{field: winning value}``; None if it does not exist; the
+        key it moved to if it moved."""
+        rec = self.cache.get(key)
+        if isinstance(rec, Redirect):
+            return rec.to
+        if rec is None or not rec.exists:
+            return None
+        return {
+            name: value
+            for name, value in zip(self.map.fields, rec.values, strict=False)
+            if value is not ABSENT
+        }
+
+    def key_of(self, rec: Tracked) -> RecordKey:
+        values = rec.values
+        return tuple(values[i] for i in self.map.key)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def ingest(
+        self, side: Side, changes: Sequence[Change], now_ms: int, upto: int | None = None
+    ) -> Outcome:
+        """Merge a batch of changes captured on ``side``; return what to write, log and mail.
+
+        ``upto``: the batch covers the side's change log up to there (None for the rows of
+        an initial snapshot, until its last message).
+        """
+        out = _outcome()
+        self.resolver_failures.clear()
+        self._reported = set()
+        waiting = self.deferred[side] if not self.opened[side] else set()
+        self.opened[side] = True
+        self.cache.fetch([*(ch.key for ch in changes), *waiting])
+        touched: dict[RecordKey, _Touch] = {}
+        if waiting:
+            # The side's snapshot has begun: what waited for it can be written now (see
+            # `_finish`).
+            self.deferred[side] = set()
+            for key in waiting:
+                rec = self.cache.get(key)
+                if isinstance(rec, Tracked):
+                    touch = touched[key] = _Touch(rec, _standing(rec))
+                    touch.changed = None
+        clock = self.clock
         for ch in changes:
-            key = ch.key
-            rec = records.get(key)
-            if rec is None:
-                rec = records[key] = Tracked()
-            fields, full, won = self._edit(rec, side, ch, now_ms, out.conflicts)
-            if self.resolver_failures:
-                self._report_resolver(side, key, now_ms, out.errors)
-            dirty.add(key)
-            # Sides to look at: the other one always; this one unless it holds the merge.
-            sides = other if won else 3
-            look = touched.get(key)
-            if look is None:
-                touched[key] = [rec, set(fields), full, sides]
-            else:
-                look[1].update(fields)
-                look[2] = look[2] or full
-                look[3] |= sides
-        writes = out.writes
-        for key, (rec, changed, full, sides) in touched.items():
-            if sides & 1:
-                write = self._converge(key, rec, Side.LEFT, changed, full)
-                if write is not None:
-                    writes[0].append(write)
-            if sides & 2:
-                write = self._converge(key, rec, Side.RIGHT, changed, full)
-                if write is not None:
-                    writes[1].append(write)
-            if self.resolver_failures:
-                self._report_resolver(side, key, now_ms, out.errors)
-        for target in Side:
-            self._assume_written(target, writes[target])
+            if ch.ts > clock[side]:
+                clock[side] = ch.ts
+            self._change(side, ch, now_ms, touched, out, forwarded=False)
+        self._finish(side, touched, now_ms, out)
+        if upto is not None and upto > self.stream[side]:
+            self.stream[side] = upto
         return out
 
-    def _assume_written(self, side: Side, writes: Sequence[Write]) -> None:
-        """Take ``writes`` as made: the next batch is merged before they are confirmed."""
-        n = len(self.map.fields)
-        records = self.records
-        for write in writes:
-            rec = records[write.key]
-            if write.op == "D":
-                rec.seen[side] = None
+    def deliver(self, side: Side, mail: Sequence[Mail], now_ms: int) -> Outcome:
+        """Take mail other partitions sent through the reader of ``side``."""
+        out = _outcome()
+        self.resolver_failures.clear()
+        self._reported = set()
+        self.cache.fetch(m.key for m in mail)
+        touched: dict[RecordKey, _Touch] = {}
+        for m in mail:
+            if m.kind == "adopt":
+                rec = decode_record(m.body)
+                assert isinstance(rec, Tracked)
+                self._adopt(side, m.key, rec, now_ms, touched, out)
+            elif m.kind == "forward":
+                seq, op, _, ts, old, new = m.body
+                ch = Change(seq, op, m.key, ts, old, new)
+                self._change(Side(m.side), ch, now_ms, touched, out, forwarded=True)
+            elif m.kind == "redirect":
+                self._install_redirect(m.key, tuple(m.body))
+            else:
+                raise ValueError(f"unknown mail kind {m.kind!r}")
+        self._finish(side, touched, now_ms, out)
+        return out
+
+    def confirm(
+        self,
+        side: Side,
+        writes: Sequence[Write],
+        position: int,
+        failures: Iterable[tuple[int, int | None, str]],
+        now_ms: int,
+    ) -> list[ErrorEntry]:
+        """Record the outcome of ``writes`` made on ``side``, which landed at ``position`` of
+        its change log. ``failures`` are ``(index in writes, field index or None, message)``.
+
+        A refused write did not land: what the side holds is marked unknown, so the next
+        change of the record writes it whole (which retries it). A made one waits as pending
+        until the side's change stream passes its position. The caller confirms a batch
+        before merging changes of ``side`` to records it wrote (the runner does).
+        """
+        failed = {index: (field, message) for index, field, message in failures}
+        errors: list[ErrorEntry] = []
+        cache = self.cache
+        passed = position <= self.stream[side]
+        for index, write in enumerate(writes):
+            rec = cache.get(write.key)
+            if not isinstance(rec, Tracked) or all(
+                p.position is not None for p in rec.pending(side)
+            ):
+                # A delete of a row merged into another record (see `_collide`).
+                if index in failed:
+                    errors.append(self._write_error(side, write, *failed[index], now_ms))
                 continue
-            seen = rec.seen[side]
-            seen = rec.seen[side] = (
-                list(seen) if write.op == "U" and isinstance(seen, list) else [UNSEEN] * n
+            queue = list(rec.pending(side))
+            at = next(i for i, p in enumerate(queue) if p.position is None)
+            if index in failed:
+                del queue[at]
+                rec.seen[side] = UNSEEN
+                errors.append(self._write_error(side, write, *failed[index], now_ms))
+            else:
+                queue[at] = queue[at]._replace(position=position)
+            rec.set_pending(side, queue)
+            if passed:
+                self._fold(rec, side, self.stream[side])
+            self._track_pending(write.key, rec)
+            cache.put(write.key, rec)
+        return errors
+
+    def settle(self, side: Side, upto: int) -> None:
+        """The change stream of ``side`` has passed ``upto``: fold our writes that landed up
+        to there into what the side held (no change made before them can come any more)."""
+        keys = list(self.pending_keys)
+        self.cache.fetch(keys)
+        for key in keys:
+            rec = self.cache.get(key)
+            if not isinstance(rec, Tracked):
+                self.pending_keys.discard(key)
+                continue
+            if self._fold(rec, side, upto):
+                self.cache.put(key, rec)
+            self._track_pending(key, rec)
+
+    def read_error(
+        self, side: Side, change_seq: int, field: str | None, message: str, row: Any, now_ms: int
+    ) -> ErrorEntry:
+        """A source record that cannot be synced (e.g. a NULL key), kept with its payload."""
+        return ErrorEntry(
+            now_ms,
+            self.map.name,
+            self.map.apps[side],
+            None,
+            field,
+            "read",
+            message,
+            {"side": side.label, "seq": change_seq, "row": row},
+        )
+
+    # -- merging one change ----------------------------------------------------------------
+
+    def _change(
+        self,
+        side: Side,
+        ch: Change,
+        now_ms: int,
+        touched: dict[RecordKey, _Touch],
+        out: Outcome,
+        *,
+        forwarded: bool,
+    ) -> None:
+        key = ch.key
+        cache = self.cache
+        rec = cache.get(key)
+        redirect: RecordKey | None = None
+        if isinstance(rec, Redirect):
+            redirect, rec = rec.to, None
+        elif (
+            not forwarded
+            and rec is not None
+            and rec.extra is not None
+            and rec.extra.redirect is not None
+            and not self._held_here(rec, side, key)
+        ):
+            redirect = rec.extra.redirect
+        if redirect is not None and ch.op in ("U", "D", "M"):
+            # The side's row is the record that moved away: send the change after it.
+            out.mail.append(Mail("forward", redirect, side, list(ch)))
+            return
+        touch = touched.get(key)
+        if touch is None:
+            if rec is None:
+                rec = Tracked(self.n)
+                if redirect is not None:
+                    rec.extras().redirect = redirect
+            touch = touched[key] = _Touch(rec, _standing(rec))
+        rec = touch.rec
+        cache.put(key, rec)
+        extra = rec.extra
+        if forwarded and extra is not None and extra.ghost is not None:
+            late = ch.seq < extra.last[side]
+            changed, concurrent = self._merge_ghost(rec, side, ch, late)
+        else:
+            changed, concurrent = self._merge(rec, side, ch)
+            if extra is not None and extra.ghost is not None:
+                extra.last[side] = ch.seq
+        if touch.changed is not None:
+            touch.changed.update(changed)
+        touch.concurrent.update(concurrent)
+        self._track_pending(key, rec)
+        if self.resolver_failures:
+            self._report_resolver(side, key, now_ms, out.errors)
+
+    def _merge(self, rec: Tracked, side: Side, ch: Change) -> tuple[Sequence[int], Sequence[int]]:
+        """Merge one change of ``side`` into ``rec``; return the fields it assigned and the
+        slots left holding concurrent values.
+
+        NOTE: the hot path: most changes find no pending write and one entry per field.
+        """
+        seq = ch.seq
+        base = rec.base[side]
+        image = rec.seen[side]
+        queue = rec.pending(side)
+        if queue:
+            # Our writes that landed before the change: it was made on top of them.
+            if image is SAME:
+                image = rec.values[:-1]
+            later = []
+            key_index = self.map.key
+            for entry in queue:
+                position = entry.position
+                assert position is not None, "a write in flight to a record being merged"
+                if position < seq:
+                    image = apply_write(image, entry, key_index, self.n)
+                    if entry.ctx > base:
+                        base = entry.ctx
+                else:
+                    later.append(entry)
+            rec.set_pending(side, later)
+        other = 1 - side
+        if rec.seen[other] is SAME:
+            rec.seen[other] = rec.values[:-1]  # the other side keeps what it held
+        op = ch.op
+        new = ch.new
+        if op == "D":
+            fields: Sequence[int] = ()
+            assigns: tuple[tuple[int, Any], ...] = ()
+            seen_after: Any = None
+        else:
+            assert new is not None
+            seen_after = list(new)
+            sourced = self.map.sourced[side]
+            if op == "S" and rec.known:
+                return self._snapshot(rec, side, ch, base, seen_after)
+            old = ch.old
+            if not rec.known:
+                fields = sourced
+            elif old is not None:
+                fields = [i for i in sourced if old[i] != new[i]]
+            elif isinstance(image, list):
+                # An insert of a row the side held (a REPLACE): it changed what differs.
+                fields = [i for i in sourced if image[i] is UNSEEN or image[i] != new[i]]
+            else:
+                fields = sourced
+            if not fields:
+                rec.seen[side] = seen_after
+                rec.base[side] = base
+                rec.settle_same(side)
+                return (), ()
+            assigns = tuple([(i, new[i]) for i in fields])
+        rank = self.rank[side]
+        ts = ch.ts
+        top = rec.vv[rank]
+        if base > top:
+            top = base
+        if ts <= top:
+            ts = stamp_after(ts, top)
+        view = (base, 0) if self.rank[other] == 0 else (0, base)
+        concurrent = rec.apply((ts, view, assigns, op == "D"), self._choose)
+        rec.seen[side] = seen_after
+        rec.base[side] = base
+        rec.settle_same(side)
+        return fields, concurrent
+
+    def _snapshot(
+        self, rec: Tracked, side: Side, ch: Change, base: int, seen_after: list[Any]
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        """A snapshot row of a record already known: its side's history is unknown. It
+        counts as having seen the merged record, except in the fields where it holds another
+        value: those are concurrent with the merged ones, and the policy decides."""
+        new = ch.new
+        assert new is not None
+        values = rec.values
+        other_rank = self.rank[1 - side]
+        differing = [
+            i for i in self.map.sourced[side] if values[i] is ABSENT or values[i] != new[i]
+        ]
+        view_o = max(base, rec.vv[other_rank]) if rec.exists else base
+        if rec.exists and not differing:
+            # The two agree: nothing to merge, and neither side needs to hear of the other.
+            rec.seen[side] = seen_after
+            rec.base[side] = view_o
+            rec.settle_same(side)
+            return (), ()
+        rank = self.rank[side]
+        ts = ch.ts
+        top = max(rec.vv[rank], view_o)
+        if ts <= top:
+            ts = stamp_after(ts, top)
+        view = (view_o, 0) if other_rank == 0 else (0, view_o)
+        concurrent = list(rec.apply((ts, view, (), False), self._choose))
+        for i in differing:
+            if rec.add_concurrent(i, new[i], ts, self._choose):
+                concurrent.append(i)
+        rec.seen[side] = seen_after
+        rec.base[side] = view_o
+        rec.settle_same(side)
+        return differing, concurrent
+
+    def _merge_ghost(
+        self, rec: Tracked, side: Side, ch: Change, late: bool
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        """A change the side made at the key the record left (forwarded here).
+
+        Its view comes from what the side held and had seen there (the ghost). In order
+        (no later change of the side was merged here yet) it is merged like any change;
+        late, it only adds its assignments: what the side holds now came after it.
+        """
+        extra = rec.extra
+        assert extra is not None and extra.ghost is not None
+        ghost = extra.ghost[side]
+        seen, base, queue = ghost[0], ghost[1], [Pending(*p) for p in ghost[2]]
+        later = []
+        image = seen
+        for entry in queue:
+            if entry.position is not None and entry.position < ch.seq:
+                image = apply_write(image, entry, self.map.key, self.n)
+                base = max(base, entry.ctx)
+            else:
+                later.append(entry)
+        extra.ghost[side] = [None if ch.op == "D" else list(ch.new or ()), base, later]
+        if not late:
+            changed, concurrent = self._merge(rec, side, ch)
+            return changed, concurrent
+        if ch.op == "D":
+            fields: Sequence[int] = ()
+        else:
+            assert ch.new is not None
+            old = ch.old if ch.old is not None else image
+            fields = [
+                i
+                for i in self.map.sourced[side]
+                if not isinstance(old, Sequence) or old[i] is UNSEEN or old[i] != ch.new[i]
+            ]
+            if not fields:
+                return (), ()
+        # NOTE: its own later changes already merged here overwrite it where they assign.
+        ts = ch.ts
+        view = (base, 0) if self.rank[1 - side] == 0 else (0, base)
+        new = ch.new or ()
+        added: list[int] = []
+        for i in fields:
+            if rec.add_concurrent(i, new[i], ts, self._choose, view):
+                added.append(i)
+        return fields, added
+
+    # -- after a batch ---------------------------------------------------------------------
+
+    def _finish(
+        self, side: Side, touched: dict[RecordKey, _Touch], now_ms: int, out: Outcome
+    ) -> None:
+        work = list(touched.items())
+        for key, touch in work:  # NOTE: a record moving within the partition is appended
+            rec = touch.rec
+            if rec.exists and self.key_of(rec) != key:
+                moved = self._relocate(side, key, touch, now_ms, out)
+                if moved is not None:
+                    work.append(moved)
+                continue
+            self._log_conflicts(key, rec, touch.concurrent, now_ms, out)
+            for target in Side:
+                if not self.opened[target]:
+                    # NOTE: until the side's initial snapshot has begun, a write could land
+                    # before its snapshot reads the row, which would then show our value
+                    # instead of the side's own: nothing would tell the two apart.
+                    self.deferred[target].add(key)
+                    continue
+                write = self._converge(key, rec, target, touch.changed)
+                if write is not None:
+                    out.writes[target].append(write)
+                    self._assume(key, rec, target, write)
+            self._redirect_others(side, key, rec, out)
+            rec.settle_same(0)
+            rec.settle_same(1)
+            now = _standing(rec)
+            self._count(touch.was, now)
+            touch.was = now
+            if self.resolver_failures:
+                self._report_resolver(side, key, now_ms, out.errors)
+
+    def _count(self, was: int, now: int) -> None:
+        if was == now:
+            return
+        self.records += (now == _LIVE) - (was == _LIVE)
+        self.deleted += (now == _DEAD) - (was == _DEAD)
+
+    def _converge(
+        self, key: RecordKey, rec: Tracked, side: Side, changed: set[int] | None
+    ) -> Write | None:
+        """The write that brings ``side`` to the merged record, if any (see the module
+        docstring); ``changed``: the fields this batch assigned (None: every field)."""
+        holds = rec.holds(side, self.map.key)
+        caught = rec.view_now(side) >= rec.vv[self.rank[1 - side]]
+        if not rec.exists:
+            if not rec.known or (holds is None and caught):
+                return None
+            held = self._held_key(holds)
+            return Write("D", key if held is None else held, {})
+        values = rec.values
+        if not isinstance(holds, list):
+            # The side lacks the row (or we lost track of it): write it whole. That includes
+            # the side's own one-way fields: their merged values came from it in the first
+            # place (a record it deleted and a concurrent update brought back).
+            return Write("I", key, self._whole(rec))
+        held = self._held_key(holds)
+        if held is not None and held != key:
+            return Write("M", key, self._whole(rec), held)
+        both = self.map.both
+        diff = {}
+        for i in self.map.targeted[side]:
+            value = values[i]
+            if value is ABSENT or not (both[i] or changed is None or i in changed):
+                continue
+            have = holds[i]
+            if have is UNSEEN or have != value:
+                diff[i] = value
+        for i in self.map.owned[side]:
+            # A field only this side sets: it differs only where a write of ours made the row
+            # without it (the side deleted the record and a concurrent edit brought it back).
+            value = values[i]
+            if value is not ABSENT and holds[i] != value:
+                diff[i] = value
+        if diff:
+            return Write("U", key, diff)
+        if not caught:
+            # The side holds the merged values but has not seen all the other side's edits
+            # (its own won, or they agree): write them again, so its next edit is made on
+            # top of the merged record.
+            return Write("U", key, self._uncovered(rec, side))
+        return None
+
+    def _whole(self, rec: Tracked) -> dict[int, Any]:
+        return {i: v for i, v in enumerate(rec.values[:-1]) if v is not ABSENT}
+
+    def _uncovered(self, rec: Tracked, side: Side) -> dict[int, Any]:
+        """The targeted fields holding an edit of the other side that ``side`` has not seen
+        (at least the key fields, to carry the context)."""
+        view = rec.view_now(side)
+        other = self.rank[1 - side]
+        values = {}
+        for i in self.map.targeted[side]:
+            for _, stamp in rec.entries(i):
+                if stamp & 15 == other and stamp > view and rec.values[i] is not ABSENT:
+                    values[i] = rec.values[i]
+        return values or {i: rec.values[i] for i in self.map.key}
+
+    def _held_key(self, holds: Any) -> RecordKey | None:
+        if not isinstance(holds, list):
+            return None
+        key = tuple(holds[i] for i in self.map.key)
+        return None if UNSEEN in key else key
+
+    def _held_here(self, rec: Tracked, side: Side, key: RecordKey) -> bool:
+        """Whether ``side`` holds ``rec`` at ``key`` (or we do not know what it holds)."""
+        holds = rec.holds(side, self.map.key)
+        if holds is UNSEEN:
+            return True
+        return self._held_key(holds) == key
+
+    def _assume(self, key: RecordKey, rec: Tracked, side: Side, write: Write) -> None:
+        """Take ``write`` as made: the next batch is merged before it is confirmed."""
+        ctx = rec.vv[self.rank[1 - side]]
+        rec.set_pending(
+            side, [*rec.pending(side), Pending(None, write.op, write.values, ctx, write.old)]
+        )
+        self.pending_keys.add(key)
+
+    def _fold(self, rec: Tracked, side: Side, upto: int) -> bool:
+        """Fold the pending writes landed up to ``upto`` into what the side held."""
+        queue = rec.pending(side)
+        n = 0
+        for entry in queue:
+            if entry.position is None or entry.position > upto:
+                break
+            n += 1
+        if not n:
+            return False
+        image = rec.image(side)
+        base = rec.base[side]
+        for entry in queue[:n]:
+            image = apply_write(image, entry, self.map.key, self.n)
+            base = max(base, entry.ctx)
+        rec.seen[side] = image
+        rec.base[side] = base
+        rec.set_pending(side, queue[n:])
+        rec.settle_same(side)
+        return True
+
+    def _track_pending(self, key: RecordKey, rec: Tracked) -> None:
+        if rec.pending(0) or rec.pending(1):
+            self.pending_keys.add(key)
+        else:
+            self.pending_keys.discard(key)
+
+    # -- records that move -----------------------------------------------------------------
+
+    def _relocate(
+        self, side: Side, key: RecordKey, touch: _Touch, now_ms: int, out: Outcome
+    ) -> tuple[RecordKey, _Touch] | None:
+        """The record's merged key is no longer ``key``: move it there (returned, to be
+        finished, if this partition owns the new key too)."""
+        rec = touch.rec
+        to = self.key_of(rec)
+        self.cache.put(key, Redirect(to))
+        self.pending_keys.discard(key)
+        self._count(touch.was, _NONE)
+        touch.was = _NONE
+        self._log_conflicts(key, rec, touch.concurrent, now_ms, out)
+        rec.extras().moved.append(key)
+        if self.owner(to) == self.index:
+            here: dict[RecordKey, _Touch] = {}
+            self._adopt(side, to, rec, now_ms, here, out)
+            return to, here[to]
+        out.mail.append(Mail("adopt", to, side, encode_record(rec)))
+        return None
+
+    def _adopt(
+        self,
+        side: Side,
+        key: RecordKey,
+        rec: Tracked,
+        now_ms: int,
+        touched: dict[RecordKey, _Touch],
+        out: Outcome,
+    ) -> None:
+        """Take in a record that moved to ``key``."""
+        existing = self.cache.get(key)
+        extra = rec.extras()
+        # What each side held and had seen at the old key, for its changes made there that
+        # arrive late (see `_merge_ghost`).
+        extra.ghost = [[rec.image(s), rec.base[s], [list(p) for p in rec.pending(s)]] for s in Side]
+        extra.last = [-1, -1]
+        if isinstance(existing, Redirect):
+            extra.redirect = existing.to
+        concurrent: list[int] = []
+        if isinstance(existing, Tracked) and existing.known:
+            rec, concurrent = self._collide(side, key, existing, rec, now_ms, out)
+        touch = touched.get(key)
+        was = touch.was if touch is not None else _standing(existing)
+        touch = touched[key] = _Touch(rec, was)
+        touch.changed = None
+        touch.concurrent.update(concurrent)
+        self.cache.put(key, rec)
+        self._track_pending(key, rec)
+
+    def _collide(
+        self,
+        side: Side,
+        key: RecordKey,
+        existing: Tracked,
+        moved: Tracked,
+        now_ms: int,
+        out: Outcome,
+    ) -> tuple[Tracked, list[int]]:
+        """A record moved onto a key another record holds: they become one record, field by
+        field concurrent (the policy decides; the conflict log keeps both values), and the
+        side that still holds the moved one under its old key has that row deleted. Never
+        silent: an error names both keys."""
+        old = moved.extra.moved[-1] if moved.extra and moved.extra.moved else None
+        concurrent = []
+        for slot in range(-1, self.n):
+            for value, stamp in moved.entries(slot):
+                if existing.add_concurrent(slot, value, stamp, self._choose, own=False):
+                    concurrent.append(slot)
+        for s in Side:
+            existing.vv[self.rank[s]] = max(existing.vv[self.rank[s]], moved.vv[self.rank[s]])
+        out.errors.append(
+            ErrorEntry(
+                now_ms,
+                self.map.name,
+                self.map.apps[side],
+                key,
+                None,
+                "collision",
+                f"record {old!r} moved to key {key!r}, which another record holds: the two "
+                "were merged field by field (see the conflict log)",
+                {"key": list(key), "from": None if old is None else list(old)},
             )
-            for i, value in write.values.items():
-                seen[i] = value
+        )
+        for s in Side:
+            held = self._held_key(moved.holds(s, self.map.key))
+            if held is not None and held != key:
+                out.writes[s].append(Write("D", held, {}))
+        return existing, concurrent
+
+    def _install_redirect(self, key: RecordKey, to: RecordKey) -> None:
+        rec = self.cache.get(key)
+        if isinstance(rec, Tracked) and rec.known:
+            rec.extras().redirect = to
+            self.cache.put(key, rec)
+        else:
+            self.cache.put(key, Redirect(to))
+
+    def _redirect_others(self, side: Side, key: RecordKey, rec: Tracked, out: Outcome) -> None:
+        """A side that holds the record under another key (its own concurrent rename, not
+        yet undone by our move) must have its changes there sent here."""
+        for s in Side:
+            held = self._held_key(rec.holds(s, self.map.key))
+            if held is None or held == key:
+                continue
+            extra = rec.extras()
+            if held in extra.moved:
+                continue
+            extra.moved.append(held)
+            if self.owner(held) == self.index:
+                self._install_redirect(held, key)
+            else:
+                out.mail.append(Mail("redirect", held, side, list(key)))
+
+    # -- conflicts -------------------------------------------------------------------------
+
+    def _choose(self, slot: int, entries: Sequence[Entry]) -> Entry:
+        """The map's policy among concurrent entries; a custom resolver that fails falls
+        back to lww (the failure is reported as an error of the record being merged)."""
+        registers = [Register(v, self.origins.timestamp(s)) for v, s in entries]
+        name = self.map.fields[slot]
+        try:
+            winner, _ = resolve(name, registers, self.map.policy)
+        except Exception as exc:  # NOTE: user code; one bad call must not stop the partition.
+            self.resolver_failures.append((name, f"{type(exc).__name__}: {exc}"))
+            winner, _ = resolve(name, registers, LWW)
+        return entries[registers.index(winner)]
+
+    def _log_conflicts(
+        self, key: RecordKey, rec: Tracked, slots: set[int], now_ms: int, out: Outcome
+    ) -> None:
+        """One entry per field still holding concurrent values after the batch."""
+        multi = rec.multi
+        if not multi:
+            return
+        timestamp = self.origins.timestamp
+        for slot in sorted(slots):
+            entries = multi.get(slot)
+            if entries is None:
+                continue
+            if slot == EXISTS:
+                candidates = [
+                    ("updated" if v else "deleted", self.origins.name(s), timestamp(s))
+                    for v, s in entries
+                ]
+                if len({c[0] for c in candidates}) < 2:
+                    continue
+                out.conflicts.append(
+                    ConflictEntry(
+                        now_ms,
+                        self.map.name,
+                        key,
+                        EXISTS_FIELD,
+                        candidates,
+                        candidates[-1],
+                        "later-wins",
+                    )
+                )
+                continue
+            registers = [Register(v, timestamp(s)) for v, s in entries]
+            name = self.map.fields[slot]
+            try:
+                _, conflict = resolve(name, registers, self.map.policy)
+            except Exception:  # NOTE: reported when the winner was chosen
+                winner, conflict = resolve(name, registers, LWW)
+                if conflict is not None:
+                    conflict = Conflict(
+                        conflict.field,
+                        conflict.candidates,
+                        winner,
+                        f"lww ({self.map.policy.rule} failed)",
+                    )
+            if conflict is not None:
+                out.conflicts.append(_conflict_entry(now_ms, self.map.name, key, conflict))
 
     def _report_resolver(
         self, side: Side, key: RecordKey, now_ms: int, errors: list[ErrorEntry]
@@ -290,300 +961,31 @@ class PartitionLogic:
             )
         self.resolver_failures.clear()
 
-    def confirm(
-        self,
-        side: Side,
-        writes: Sequence[Write],
-        position: int,
-        failures: Iterable[tuple[int, int | None, str]],
-        now_ms: int,
-    ) -> list[ErrorEntry]:
-        """Record the outcome of ``writes`` made on ``side``, which landed at ``position`` of
-        its change log. ``failures`` are ``(index in writes, field index or None, message)``.
-
-        `ingest` already took the writes as made; here a refused write makes what the side
-        holds unknown again, and a made one is remembered with its position, for the side's
-        changes that committed before it (see `_follow`). The caller must confirm a batch
-        before merging changes of ``side`` to records it wrote (the actor does).
-        """
-        failed = {index: (field, message) for index, field, message in failures}
-        errors: list[ErrorEntry] = []
-        dirty = self.dirty
-        for index, write in enumerate(writes):
-            rec = self.records[write.key]
-            # A change of the side merged since, committed after this write, already showed
-            # what the side holds with it: nothing to add.
-            passed = rec.last[side] > position
-            if index in failed:
-                field, message = failed[index]
-                if not passed:
-                    # What the side holds is now unknown: the next change of the record writes
-                    # it whole, which retries this write.
-                    rec.seen[side] = UNSEEN
-                errors.append(
-                    ErrorEntry(
-                        now_ms,
-                        self.map.name,
-                        self.map.apps[side],
-                        write.key,
-                        None if field is None else self.map.fields[field],
-                        "write",
-                        message,
-                        self._payload(side, write),
-                    )
-                )
-                continue
-            if not passed:
-                rec.pending[side].append((position, write.op, write.values))
-                dirty.add(write.key)
-        return errors
-
-    def read_error(
-        self, side: Side, change_seq: int, field: str | None, message: str, row: Any, now_ms: int
+    def _write_error(
+        self, side: Side, write: Write, field: int | None, message: str, now_ms: int
     ) -> ErrorEntry:
-        """A source record that cannot be synced (e.g. a NULL key), kept with its payload."""
         return ErrorEntry(
             now_ms,
             self.map.name,
             self.map.apps[side],
-            None,
-            field,
-            "read",
+            write.key,
+            None if field is None else self.map.fields[field],
+            "write",
             message,
-            {"side": side.label, "seq": change_seq, "row": row},
+            self._payload(side, write),
         )
-
-    # -- internals -----------------------------------------------------------------------
-
-    def settle(self, side: Side, upto: int) -> None:
-        """The change stream of ``side`` has passed ``upto``: forget our writes landed before.
-
-        Only a change with a sequence up to a write's position needs that write; a sweep now
-        and then keeps the pending lists (and checkpoints) small.
-        """
-        for rec in self.records.values():
-            queue = rec.pending[side]
-            if queue and queue[0][0] <= upto:
-                rec.pending[side] = [entry for entry in queue if entry[0] > upto]
-
-    def _follow(self, rec: Tracked, side: Side, ch: Change, image: list[Any] | None) -> bool:
-        """Set what ``side`` holds after change ``ch``: its image, plus our writes that landed
-        after it. True if such a write exists (the side may then differ from the merge)."""
-        rec.last[side] = ch.seq
-        queue = rec.pending[side]
-        if queue:
-            later = [entry for entry in queue if entry[0] >= ch.seq]
-            rec.pending[side] = later
-            for _, op, values in later:
-                if op == "D":
-                    image = None
-                elif image is not None:
-                    image = list(image)
-                    for i, value in values.items():
-                        image[i] = value
-                elif op == "I":
-                    image = [UNSEEN] * len(self.map.fields)
-                    for i, value in values.items():
-                        image[i] = value
-            rec.seen[side] = image
-            return bool(later)
-        rec.seen[side] = image
-        return False
-
-    def _edit(
-        self, rec: Tracked, side: Side, ch: Change, now_ms: int, conflicts: list[ConflictEntry]
-    ) -> tuple[list[int], bool, bool]:
-        """Merge one change made by the application on ``side``.
-
-        Returns the fields whose winners may have changed; whether every field must be
-        compared too (a write of ours landed after the change, or the record was re-created);
-        and whether ``side`` certainly holds the merged values of those fields (its edit won
-        every one of them outright), so only the other side needs a look.
-
-        NOTE: the hot path. It applies the edit field by field with `FieldState.assign`, which
-        is what `RecordState.apply` does with an `Edit` (see `conflict.record`).
-        """
-        cmap = self.map
-        st = rec.state
-        if ch.op == "D":
-            self._delete(rec, side, ch, now_ms, conflicts)
-            self._follow(rec, side, ch, None)
-            return [], True, False
-        new = ch.new
-        assert new is not None
-        origin = cmap.apps[side]
-        prior = rec.seen[side]
-        old = ch.old
-        known = st.alive is not None or st.dead is not None
-        if ch.op == "U" and known and old is not None:
-            fields = [i for i in cmap.sourced[side] if old[i] != new[i]]
-        else:
-            # An insert (the side had no row: concurrent with everything merged), a snapshot
-            # row (made on top of what we last saw there, if anything) or an update of a
-            # record we hold nothing of: take the whole row.
-            fields = list(cmap.sourced[side])
-            old = prior if ch.op == "S" and isinstance(prior, list) else None
-        raced = self._follow(rec, side, ch, new if isinstance(new, list) else list(new))
-        if not fields:
-            return fields, raced, not raced
-        exists = st.exists
-        recreate = ch.op == "I" and st.dead is not None and not exists
-        ts = ch.ts
-        edit_ts = ts.after(st.dead) if recreate else ts  # type: ignore[arg-type]
-        names = cmap.fields
-        sf = st.fields
-        assigned = []
-        for i in fields:
-            name = names[i]
-            fs = sf.get(name)
-            field_ts = ts
-            if fs is None:
-                fs = sf[name] = FieldState()
-                supersedes: Any = ()
-            else:
-                entries = fs.entries
-                if not entries:
-                    supersedes = ()
-                else:
-                    win = (
-                        next(iter(entries.values())) if len(entries) == 1 else self.winner(name, fs)
-                    )
-                    if recreate or (old is not None and old[i] == win.value):
-                        # Made on top of the current value: it overwrites every value.
-                        supersedes = tuple(entries)
-                        if not ts > win.ts:
-                            field_ts = ts.after(win.ts)
-                    elif old is not None:
-                        value = old[i]
-                        supersedes = [d for d, r in entries.items() if r.value == value]
-                    else:
-                        supersedes = ()
-            if field_ts > edit_ts:
-                edit_ts = field_ts
-            register = Register(new[i], field_ts, fs.next_dot(origin))
-            fs.assign(register, supersedes)
-            if len(fs.entries) > 1 and register.dot in fs.entries:
-                assigned.append(name)
-        if st.alive is None or edit_ts > st.alive:
-            st.alive = edit_ts
-        if known and not exists and not recreate:
-            # An update made without seeing a delete: the later of the two wins.
-            self._log_existence(conflicts, now_ms, ch.key, st, origin, edit_ts, deleted=False)
-        for name in assigned:
-            _, conflict = self._resolve(name, sf[name])
-            if conflict is not None:
-                conflicts.append(_conflict_entry(now_ms, cmap.name, ch.key, conflict))
-        full = raced or recreate
-        return fields, full, not (full or assigned or (known and not exists))
-
-    def _delete(
-        self, rec: Tracked, side: Side, ch: Change, now_ms: int, conflicts: list[ConflictEntry]
-    ) -> None:
-        st = rec.state
-        old = ch.old
-        ts = ch.ts
-        unseen: Timestamp | None = None
-        for name, fs in st.fields.items():
-            if not fs.entries:
-                continue
-            win = self.winner(name, fs)
-            i = self._index.get(name)
-            if old is not None and i is not None and old[i] == win.value:
-                ts = ts.after(win.ts)
-            elif unseen is None or win.ts > unseen:
-                unseen = win.ts
-        if unseen is None and st.alive is not None:
-            ts = ts.after(st.alive)
-        existed = st.exists
-        st.apply(Edit(ts, True))
-        if unseen is not None and existed:
-            self._log_existence(
-                conflicts, now_ms, ch.key, st, self.map.apps[side], ts, deleted=True, other=unseen
-            )
-
-    def _log_existence(
-        self,
-        conflicts: list[ConflictEntry],
-        now_ms: int,
-        key: RecordKey,
-        st: RecordState,
-        origin: str,
-        ts: Timestamp,
-        *,
-        deleted: bool,
-        other: Timestamp | None = None,
-    ) -> None:
-        if deleted:
-            assert other is not None
-            mine, theirs = ("deleted", origin, ts), ("updated", other.origin, other)
-        else:
-            assert st.dead is not None
-            mine, theirs = ("updated", origin, ts), ("deleted", st.dead.origin, st.dead)
-        candidates = sorted([mine, theirs], key=lambda c: c[2])
-        winner = candidates[-1]
-        conflicts.append(
-            ConflictEntry(now_ms, self.map.name, key, EXISTS, candidates, winner, "later-wins")
-        )
-
-    def _winner_value(self, st: RecordState, i: int) -> Any:
-        """The winning value of field ``i`` (`_ABSENT` if it was never set)."""
-        name = self.map.fields[i]
-        fs = st.fields.get(name)
-        if fs is None or not fs.entries:
-            return _ABSENT
-        entries = fs.entries
-        if len(entries) == 1:
-            return next(iter(entries.values())).value
-        return self.winner(name, fs).value
-
-    def _converge(
-        self, key: RecordKey, rec: Tracked, side: Side, changed: set[int], full: bool
-    ) -> Write | None:
-        """The write that brings ``side`` to the merged state, if any.
-
-        ``changed`` holds the fields an edit of this batch changed: only their winners can
-        differ from what ``side`` was last brought to, unless ``full`` (then every both-ways
-        field is compared too; a one-way field is written only when its source changed it).
-        """
-        st = rec.state
-        seen = rec.seen[side]
-        if not st.exists:
-            if (st.alive is None and st.dead is None) or seen is None:
-                return None
-            return Write("D", key, {})
-        targeted = self.map.targeted[side]
-        value_of = self._winner_value
-        if not isinstance(seen, list):
-            # The side lacks the row (or we lost track of it): write it whole. That includes
-            # the side's own one-way fields: their merged values came from it in the first
-            # place (a record it deleted and a concurrent update brought back).
-            values = {}
-            for i in range(len(self.map.fields)):
-                value = value_of(st, i)
-                if value is not _ABSENT:
-                    values[i] = value
-            return Write("I", key, values)
-        both = self.map.both
-        diff = {}
-        for i in targeted:
-            if not (i in changed or (full and both[i])):
-                continue
-            value = value_of(st, i)
-            if value is _ABSENT:
-                continue
-            held = seen[i]
-            if held is UNSEEN or held != value:
-                diff[i] = value
-        return Write("U", key, diff) if diff else None
 
     def _payload(self, side: Side, write: Write) -> dict[str, Any]:
         names = self.map.fields
-        return {
+        payload: dict[str, Any] = {
             "side": side.label,
             "op": write.op,
             "key": list(write.key),
             "values": {names[i]: v for i, v in write.values.items()},
         }
+        if write.old is not None:
+            payload["old"] = list(write.old)
+        return payload
 
 
 def _conflict_entry(now_ms: int, map_name: str, key: RecordKey, c: Conflict) -> ConflictEntry:
@@ -596,48 +998,3 @@ def _conflict_entry(now_ms: int, map_name: str, key: RecordKey, c: Conflict) -> 
         (c.winner.value, c.winner.origin, c.winner.ts),
         c.rule,
     )
-
-
-# -- persistence -------------------------------------------------------------------------
-
-
-def encode_record(rec: Tracked) -> bytes:
-    """A record's persisted form.
-
-    ``[alive, dead, {field: [registers, vv, cloud]}, seen_left, seen_right, pending_left,
-    pending_right, last]``; registers pack as ``[value, [wall_ms, counter, origin], [origin, n]]``.
-    """
-    st = rec.state
-    return pack(
-        [
-            st.alive,
-            st.dead,
-            {
-                name: [list(fs.entries.values()), fs.vv, list(fs.cloud) if fs.cloud else None]
-                for name, fs in st.fields.items()
-            },
-            rec.seen[0],
-            rec.seen[1],
-            rec.pending[0],
-            rec.pending[1],
-            rec.last,
-        ]
-    )
-
-
-def decode_record(data: bytes) -> Tracked:
-    alive, dead, fields, seen_left, seen_right, pending_left, pending_right, last = unpack(data)
-    st = RecordState()
-    st.alive = Timestamp(*alive) if alive else None
-    st.dead = Timestamp(*dead) if dead else None
-    for name, (entries, vv, cloud) in fields.items():
-        regs = {}
-        for value, ts, dot in entries:
-            d = (dot[0], dot[1])
-            regs[d] = Register(value, Timestamp(*ts), d)
-        st.fields[name] = FieldState(regs, vv, [(o, n) for o, n in cloud] if cloud else ())
-    pending = [
-        [(position, op, values) for position, op, values in queue]
-        for queue in (pending_left, pending_right)
-    ]
-    return Tracked(st, [seen_left, seen_right], pending, last)

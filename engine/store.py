@@ -3,15 +3,17 @@
 What is persisted, and why (everything else is rebuilt after a restart):
 
 `PartitionStore` (``<state_dir>/maps/<map>/partition-<i>.sqlite``)
-- ``wal``: what the partition did, in order: each row holds a batch it merged (the msgpack
-  bytes as they arrived) and/or the outcome of the previous batch's writes. One small
-  transaction per batch, whatever its size. Merging is deterministic, so replaying the rows
-  rebuilds exactly the state they produced; a batch counts as durable once the row holding
-  its write outcome is committed;
-- ``records`` + ``meta``: a checkpoint. Per record key the merged state, what each side holds
-  and the writes in flight (`encode_record`); the per-side cursors.
-  Taken now and then (the WAL grew large, or the partition went idle); it lets the WAL rows it
-  covers go. Restart = load the checkpoint, replay the WAL: nothing lost, nothing merged twice;
+- ``wal``: what the partition did, in order: each row holds a message it merged (a batch of
+  changes, or mail from another partition: the msgpack bytes as they arrived) and/or the
+  outcome of the previous batch's writes. A batch is appended before its writes are sent, so
+  a restarted partition merges it again (deterministically) and asks the writers whether its
+  writes landed (their receipts) instead of losing track of them. One small transaction per
+  batch, whatever its size;
+- ``records`` + ``meta``: a checkpoint. Per record key its state (`engine.records`), and the
+  partition's counters (`PartitionLogic.meta` and the runner's). Taken now and then (the WAL
+  grew large, many records changed, or the partition went idle); it lets the WAL rows it
+  covers go. Records are read back in batches, only those a batch touches: restart time is
+  the WAL replay, not the number of records;
 - ``conflicts`` and ``errors``: the activity log, errors with their payload for retry,
   committed with the WAL row of the batch that caused them.
 
@@ -26,13 +28,15 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.codec import pack, unpack
 from engine.ids import RecordKey
-from engine.pipeline import ConflictEntry, ErrorEntry, Tracked, decode_record, encode_record
+from engine.pipeline import ConflictEntry, ErrorEntry
 
-__all__ = ["PartitionStore", "Registry"]
+__all__ = ["PartitionStore", "Registry", "WalRow"]
+
+FETCH_CHUNK = 10_000  # keys per query when loading records
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -43,6 +47,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
+class WalRow(NamedTuple):
+    id: int
+    side: int | None
+    payload: bytes | None
+    outcome: bytes | None
+    changes: int
+
+
 class PartitionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -51,7 +63,7 @@ class PartitionStore:
             """
             CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, state BLOB NOT NULL)
                 WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS wal (
                 id INTEGER PRIMARY KEY AUTOINCREMENT, side INTEGER,
                 payload BLOB, outcome BLOB, changes INTEGER NOT NULL);
@@ -68,23 +80,40 @@ class PartitionStore:
     def close(self) -> None:
         self._con.close()
 
-    def load(
-        self,
-    ) -> tuple[
-        dict[RecordKey, Tracked],
-        dict[str, int],
-        list[tuple[int, int | None, bytes | None, bytes | None, int]],
-    ]:
-        """The checkpoint (records, meta) and the WAL rows after it, oldest first."""
-        records = {
-            tuple(unpack(key)): decode_record(state)
-            for key, state in self._con.execute("SELECT key, state FROM records")
-        }
-        meta = dict(self._con.execute("SELECT name, value FROM meta").fetchall())
-        wal = self._con.execute(
-            "SELECT id, side, payload, outcome, changes FROM wal ORDER BY id"
-        ).fetchall()
-        return records, meta, wal
+    def meta(self) -> dict[str, Any]:
+        """The counters of the last checkpoint."""
+        return {name: unpack(value) for name, value in self._con.execute("SELECT * FROM meta")}
+
+    def wal(self) -> list[WalRow]:
+        """The WAL rows after the last checkpoint, oldest first."""
+        return [
+            WalRow(*row)
+            for row in self._con.execute(
+                "SELECT id, side, payload, outcome, changes FROM wal ORDER BY id"
+            )
+        ]
+
+    def next_wal_id(self) -> int:
+        """The id the next WAL row gets (ids are never reused)."""
+        row = self._con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'wal'").fetchone()
+        return (int(row[0]) if row else 0) + 1
+
+    def load(self, keys: list[RecordKey]) -> dict[RecordKey, bytes]:
+        """The stored states of those of ``keys`` that have one, in as few queries as the
+        number of keys allows (one per `FETCH_CHUNK`)."""
+        found: dict[RecordKey, bytes] = {}
+        con = self._con
+        for lo in range(0, len(keys), FETCH_CHUNK):
+            chunk = [pack(list(k)) for k in keys[lo : lo + FETCH_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            for key, state in con.execute(
+                f"SELECT key, state FROM records WHERE key IN ({marks})", chunk
+            ):
+                found[tuple(unpack(key))] = state
+        return found
+
+    def count_records(self) -> int:
+        return int(self._con.execute("SELECT count(*) FROM records").fetchone()[0])
 
     def append(
         self,
@@ -95,8 +124,8 @@ class PartitionStore:
         conflicts: Iterable[ConflictEntry] = (),
         errors: Iterable[ErrorEntry] = (),
     ) -> int:
-        """Append one WAL row (a merged batch and/or the previous one's write outcome), with
-        the activity it logged; returns its id."""
+        """Append one WAL row (a merged message and/or the previous batch's write outcome),
+        with the activity it logged; returns its id."""
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -112,24 +141,29 @@ class PartitionStore:
         assert wal_id is not None
         return wal_id
 
-    def drop_batch(self, wal_id: int) -> None:
-        """Forget the batch of row ``wal_id`` (merged, but its writes never confirmed)."""
-        self._con.execute(
-            "UPDATE wal SET payload = NULL, side = NULL, changes = 0 WHERE id = ?", (wal_id,)
-        )
-
     def checkpoint(
-        self, records: Iterable[tuple[RecordKey, Tracked]], meta: dict[str, int], upto: int
+        self,
+        records: Iterable[tuple[RecordKey, bytes]],
+        gone: Iterable[RecordKey],
+        meta: dict[str, Any],
+        upto: int,
     ) -> None:
-        """Store the records changed since the last checkpoint; drop WAL rows <= ``upto``."""
+        """Store the records changed since the last checkpoint, drop those ``gone``, store
+        ``meta``; drop WAL rows <= ``upto``. One transaction."""
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:
             con.executemany(
                 "INSERT OR REPLACE INTO records (key, state) VALUES (?, ?)",
-                [(pack(key), encode_record(rec)) for key, rec in records],
+                ((pack(list(key)), state) for key, state in records),
             )
-            con.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta.items())
+            con.executemany(
+                "DELETE FROM records WHERE key = ?", ((pack(list(key)),) for key in gone)
+            )
+            con.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [(name, pack(value)) for name, value in meta.items()],
+            )
             con.execute("DELETE FROM wal WHERE id <= ?", (upto,))
             con.execute("COMMIT")
         except BaseException:

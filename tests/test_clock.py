@@ -1,12 +1,29 @@
-"""Clocks as plain values: HLC readings, vector clocks and dot contexts."""
+"""Clocks as plain values: HLC readings, vector clocks, stamps, origins and bounded clocks."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conflict.clock import DotContext, HybridClock, Ordering, Timestamp, VectorClock
+from conflict.clock import (
+    LIVE_WINDOW_MS,
+    DEFAULT_TOLERANCE_MS,
+    MAX_COUNTER,
+    MAX_ORIGINS,
+    MAX_WALL_MS,
+    BoundedClock,
+    HybridClock,
+    Ordering,
+    Origins,
+    Timestamp,
+    VectorClock,
+    pack,
+    stamp_after,
+    unpack,
+)
 
 ORIGINS = ("crm", "finance", "hr")
 
@@ -217,113 +234,375 @@ def test_vector_clock_compare_is_antisymmetric_and_agrees_with_covers(
     assert a.increment("crm").compare(a) is Ordering.AFTER
 
 
-# -- DotContext ----------------------------------------------------------------------------
+# -- stamps --------------------------------------------------------------------------------
 
-
-def test_dots_in_order_stay_in_the_vector() -> None:
-    ctx = DotContext()
-    for n in (1, 2, 3):
-        ctx.add(("crm", n))
-    assert ctx.vv == {"crm": 3}
-    assert ctx.cloud is None
-    assert ctx.covers(("crm", 2))
-    assert not ctx.covers(("crm", 4))
-
-
-def test_out_of_order_dots_wait_in_the_cloud_then_compact_into_the_vector() -> None:
-    ctx = DotContext()
-    ctx.add(("crm", 3))
-    ctx.add(("crm", 2))
-    assert ctx.vv == {}
-    assert ctx.cloud == {("crm", 2), ("crm", 3)}
-    assert ctx.covers(("crm", 3))
-    assert not ctx.covers(("crm", 1))
-    ctx.add(("crm", 1))
-    assert ctx.vv == {"crm": 3}
-    assert ctx.cloud is None
-
-
-def test_adding_a_dot_twice_changes_nothing() -> None:
-    ctx = DotContext({"crm": 2}, [("crm", 5)])
-    before = ctx.copy()
-    ctx.add(("crm", 2))
-    ctx.add(("crm", 5))
-    assert ctx == before
-
-
-def test_next_dot_is_past_everything_seen_of_that_origin() -> None:
-    ctx = DotContext({"crm": 2}, [("crm", 7), ("finance", 4)])
-    assert ctx.next_dot("crm") == ("crm", 8)
-    assert ctx.next_dot("finance") == ("finance", 5)
-    assert ctx.next_dot("hr") == ("hr", 1)
-
-
-def test_merge_fills_a_gap_and_compacts() -> None:
-    mine = DotContext({"crm": 1}, [("crm", 3), ("crm", 4)])
-    theirs = DotContext({"crm": 2, "finance": 1})
-    mine.merge(theirs)
-    assert mine.vv == {"crm": 4, "finance": 1}
-    assert mine.cloud is None
-    assert theirs == DotContext({"crm": 2, "finance": 1})  # the argument is not changed
-
-
-def test_merge_brings_over_the_other_cloud() -> None:
-    mine = DotContext({"crm": 1})
-    mine.merge(DotContext({}, [("crm", 3)]))
-    assert mine.covers(("crm", 3))
-    assert not mine.covers(("crm", 2))
-    assert mine == DotContext({"crm": 1}, [("crm", 3)])
-
-
-def test_copy_does_not_share_the_cloud() -> None:
-    ctx = DotContext({}, [("crm", 3)])
-    copy = ctx.copy()
-    copy.add(("crm", 5))
-    assert not ctx.covers(("crm", 5))
-
-
-dots = st.tuples(st.sampled_from(ORIGINS), st.integers(1, 8))
+# Whole ranges, and small parts so that equal walls and counters (the ties) come up often.
+stamp_parts = st.one_of(
+    st.tuples(
+        st.integers(0, MAX_WALL_MS), st.integers(0, MAX_COUNTER), st.integers(0, MAX_ORIGINS - 1)
+    ),
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+)
 
 
 @settings(max_examples=300)
-@given(data=st.data(), added=st.lists(dots, max_size=25))
-def test_dot_context_holds_exactly_the_dots_added_in_any_order(
-    data: st.DataObject, added: list[tuple[str, int]]
+@given(a=stamp_parts, b=stamp_parts)
+def test_stamps_compare_exactly_as_wall_counter_rank_tuples(
+    a: tuple[int, int, int], b: tuple[int, int, int]
 ) -> None:
-    ctx = DotContext()
-    for dot in added:
-        ctx.add(dot)
-    shuffled = DotContext()
-    for dot in data.draw(st.permutations(added)):
-        shuffled.add(dot)
-    assert ctx == shuffled
-    assert DotContext({}, added) == ctx
-    for origin in ORIGINS:
-        for n in range(1, 10):
-            assert ctx.covers((origin, n)) == ((origin, n) in added)
-        top = max([n for o, n in added if o == origin], default=0)
-        assert ctx.next_dot(origin) == (origin, top + 1)
-    # compact form: nothing in the cloud that the vector could hold
-    for origin, n in ctx.cloud or ():
-        assert n > ctx.vv.get(origin, 0) + 1
+    assert (pack(*a) < pack(*b)) == (a < b)
+    assert (pack(*a) == pack(*b)) == (a == b)
 
 
 @settings(max_examples=300)
-@given(a=st.lists(dots, max_size=15), b=st.lists(dots, max_size=15))
-def test_dot_context_merge_is_the_union(a: list[tuple[str, int]], b: list[tuple[str, int]]) -> None:
-    left, right = DotContext({}, a), DotContext({}, b)
-    merged = left.copy()
-    merged.merge(right)
-    other_way = right.copy()
-    other_way.merge(left)
-    assert merged == other_way == DotContext({}, a + b)
-    again = merged.copy()
-    again.merge(right)
-    assert again == merged
+@given(parts=stamp_parts)
+def test_pack_and_unpack_round_trip(parts: tuple[int, int, int]) -> None:
+    stamp = pack(*parts)
+    assert unpack(stamp) == parts
+    assert 0 <= stamp < 1 << 64
 
 
-@pytest.mark.parametrize("origin", ORIGINS)
-def test_empty_context_covers_nothing(origin: str) -> None:
-    ctx = DotContext()
-    assert not ctx.covers((origin, 1))
-    assert ctx.next_dot(origin) == (origin, 1)
+def test_the_largest_stamp_fits_an_unsigned_64_bit_int() -> None:
+    assert pack(MAX_WALL_MS, MAX_COUNTER, MAX_ORIGINS - 1) == (1 << 64) - 1
+    assert pack(0, 0, 0) == 0
+    assert MAX_WALL_MS > 4_102_444_800_000  # 2100-01-01T00:00Z still packs
+
+
+@pytest.mark.parametrize(
+    ("wall", "counter", "rank"),
+    [
+        (-1, 0, 0),
+        (MAX_WALL_MS + 1, 0, 0),
+        (0, -1, 0),
+        (0, MAX_COUNTER + 1, 0),
+        (0, 0, -1),
+        (0, 0, MAX_ORIGINS),
+    ],
+)
+def test_pack_refuses_out_of_range_parts(wall: int, counter: int, rank: int) -> None:
+    with pytest.raises(ValueError, match=f"wall {wall} ms, counter {counter}, rank {rank}"):
+        pack(wall, counter, rank)
+
+
+@settings(max_examples=300)
+@given(mine=stamp_parts, seen=stamp_parts)
+def test_stamp_after_is_later_than_what_it_saw_and_keeps_its_own_origin(
+    mine: tuple[int, int, int], seen: tuple[int, int, int]
+) -> None:
+    stamp, other = pack(*mine), pack(*seen)
+    moved = stamp_after(stamp, other)
+    assert moved > other
+    assert moved >= stamp
+    assert unpack(moved)[2] == mine[2]
+    if stamp > other:
+        assert moved == stamp
+    if seen[0] < MAX_WALL_MS:
+        assert pack(*unpack(moved)) == moved  # still a valid stamp
+
+
+@settings(max_examples=300)
+@given(mine=timestamps, seen=timestamps)
+def test_stamp_after_agrees_with_timestamp_after(mine: Timestamp, seen: Timestamp) -> None:
+    origins = Origins(ORIGINS)
+    moved = stamp_after(origins.stamp(mine), origins.stamp(seen))
+    assert origins.timestamp(moved) == mine.after(seen)
+
+
+def test_stamp_after_a_tie_lost_on_the_origin_moves_one_counter_past_it() -> None:
+    assert stamp_after(pack(5_000, 2, 0), pack(5_000, 2, 1)) == pack(5_000, 3, 0)
+    # a tie won on the origin is already later
+    assert stamp_after(pack(5_000, 2, 1), pack(5_000, 2, 0)) == pack(5_000, 2, 1)
+
+
+def test_stamp_after_a_full_counter_borrows_the_next_millisecond() -> None:
+    assert stamp_after(pack(4_000, 7, 1), pack(5_000, MAX_COUNTER, 2)) == pack(5_001, 0, 1)
+
+
+# -- Origins -------------------------------------------------------------------------------
+
+
+def test_origins_are_ranked_by_sorted_name_whatever_order_they_are_given_in() -> None:
+    origins = Origins(["hr", "crm", "finance", "crm"])
+    assert origins.names == ("crm", "finance", "hr")
+    assert [origins.rank(name) for name in ("crm", "finance", "hr")] == [0, 1, 2]
+    assert len(origins) == 3
+    assert Origins(("finance", "hr", "crm")).ranks == origins.ranks
+    assert repr(origins) == "Origins(['crm', 'finance', 'hr'])"
+
+
+def test_origins_name_the_origin_of_a_stamp_by_its_rank() -> None:
+    origins = Origins(ORIGINS)
+    assert origins.name(pack(1_000, 3, 2)) == "hr"
+    assert origins.timestamp(pack(1_000, 3, 2)) == Timestamp(1_000, 3, "hr")
+    assert origins.stamp(Timestamp(1_000, 3, "hr")) == pack(1_000, 3, 2)
+
+
+def test_origin_stamps_break_ties_on_the_name_as_timestamps_do() -> None:
+    origins = Origins(["finance", "crm"])
+    crm, finance = Timestamp(1_000, 0, "crm"), Timestamp(1_000, 0, "finance")
+    assert crm < finance
+    assert origins.stamp(crm) < origins.stamp(finance)
+
+
+def test_an_unknown_origin_is_refused_naming_the_known_ones() -> None:
+    origins = Origins(ORIGINS)
+    with pytest.raises(KeyError, match=r"unknown origin 'erp' \(known: crm, finance, hr\)"):
+        origins.rank("erp")
+    with pytest.raises(KeyError, match="erp"):
+        origins.stamp(Timestamp(1_000, 0, "erp"))
+
+
+@pytest.mark.parametrize("count", [0, MAX_ORIGINS + 1])
+def test_origins_refuse_no_names_or_more_than_a_stamp_can_rank(count: int) -> None:
+    with pytest.raises(ValueError, match=f"between 1 and {MAX_ORIGINS} origins, found {count}"):
+        Origins([f"app{i:02}" for i in range(count)])
+
+
+def test_as_many_origins_as_a_stamp_can_rank_are_accepted() -> None:
+    origins = Origins([f"app{i:02}" for i in range(MAX_ORIGINS)])
+    assert origins.rank(f"app{MAX_ORIGINS - 1:02}") == MAX_ORIGINS - 1
+
+
+wide_timestamps = timestamps | st.builds(
+    Timestamp, st.integers(0, MAX_WALL_MS), st.integers(0, MAX_COUNTER), st.sampled_from(ORIGINS)
+)
+
+
+@settings(max_examples=300)
+@given(a=wide_timestamps, b=wide_timestamps)
+def test_origins_round_trip_timestamps_and_stamps_keeping_their_order(
+    a: Timestamp, b: Timestamp
+) -> None:
+    origins = Origins(ORIGINS)
+    sa, sb = origins.stamp(a), origins.stamp(b)
+    assert origins.timestamp(sa) == a
+    assert origins.name(sa) == a.origin
+    assert (sa < sb) == (a < b)
+    assert (sa == sb) == (a == b)
+
+
+# -- BoundedClock --------------------------------------------------------------------------
+
+NOW = 1_700_000_000_000  # the engine's clock, ms since the epoch
+HOUR = 3_600_000
+FINANCE = Origins(ORIGINS).rank("finance")
+CRM = Origins(ORIGINS).rank("crm")
+
+
+def wall(stamp: int) -> int:
+    return unpack(stamp)[0]
+
+
+def test_a_new_bounded_clock_has_no_skew_and_stamps_above_zero() -> None:
+    clock = BoundedClock(FINANCE)
+    assert clock.tolerance_ms == DEFAULT_TOLERANCE_MS == 1_000
+    assert clock.skew_ms == 0
+    assert not clock.skewed
+    assert clock.last == pack(0, 0, FINANCE)
+    assert unpack(clock.now(0)) == (0, 1, FINANCE)
+
+
+def test_a_negative_tolerance_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be >= 0 ms, found -1"):
+        BoundedClock(FINANCE, tolerance_ms=-1)
+
+
+def test_an_application_clock_an_hour_ahead_is_corrected_by_its_offset() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    earliest, latest = NOW - 500, NOW
+    assert unpack(clock.stamp(latest + HOUR, earliest, latest)) == (latest, 0, FINANCE)
+    assert clock.skew_ms == HOUR == clock.offset_ms
+    assert clock.skewed
+    # its next changes in the same window: one counter apart, no further ahead
+    assert unpack(clock.stamp(latest + HOUR + 5, earliest, latest)) == (latest, 1, FINANCE)
+
+
+def test_the_offset_learnt_live_corrects_a_backlog_read_after_a_pause() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    clock.stamp(NOW + HOUR, NOW - 50, NOW)  # live: an hour ahead
+    # paused for a minute; a change made 30 s into the pause, read when it ends
+    backlog = clock.stamp(NOW + 30_000 + HOUR, NOW, NOW + 60_000)
+    assert wall(backlog) == NOW + 30_000
+    assert clock.skew_ms == HOUR  # a wide window measures nothing new
+
+
+def test_an_offset_is_dropped_as_soon_as_a_live_look_finds_the_clock_right() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    clock.stamp(NOW + HOUR, NOW - 50, NOW)
+    assert wall(clock.stamp(NOW + 20, NOW, NOW + 40)) == NOW + 20
+    assert (clock.skew_ms, clock.offset_ms, clock.skewed) == (0, 0, False)
+
+
+def test_without_a_live_look_an_hour_ahead_is_clipped_to_the_tolerance() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    # a first read of a backlog: nothing measured yet, only the window bounds it
+    assert unpack(clock.stamp(NOW + HOUR, 0, NOW)) == (NOW + 1_000, 0, FINANCE)
+
+
+def test_an_application_clock_an_hour_behind_is_corrected_into_the_window() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    earliest, latest = NOW - 500, NOW
+    assert unpack(clock.stamp(earliest - HOUR, earliest, latest)) == (earliest, 0, FINANCE)
+    assert clock.skew_ms == -HOUR
+    assert clock.skewed
+
+
+def test_inside_the_window_stamps_follow_the_applications_commit_times() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    stamps = [clock.stamp(t, NOW - 500, NOW) for t in (NOW - 500, NOW - 250, NOW - 250, NOW)]
+    assert [unpack(s) for s in stamps] == [
+        (NOW - 500, 0, FINANCE),
+        (NOW - 250, 0, FINANCE),
+        (NOW - 250, 1, FINANCE),
+        (NOW, 0, FINANCE),
+    ]
+    assert clock.skew_ms == 0
+    assert not clock.skewed
+
+
+@pytest.mark.parametrize(
+    ("app_ms", "skew_ms", "stamped_ms"),
+    [
+        (NOW - 500, 0, NOW - 500),
+        (NOW - 200, 0, NOW - 200),
+        (NOW, 0, NOW),
+        (NOW + 1_000, 1_000, NOW + 1_000),  # ahead, within the tolerance: kept
+        (NOW + 1_001, 1_001, NOW),  # past it: corrected by the offset, and skewed
+        (NOW - 1_500, -1_000, NOW - 1_500),
+        (NOW - 1_501, -1_001, NOW - 500),
+    ],
+)
+def test_skew_is_the_offset_beyond_the_window_ahead_positive_behind_negative_zero_inside(
+    app_ms: int, skew_ms: int, stamped_ms: int
+) -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    assert wall(clock.stamp(app_ms, NOW - 500, NOW)) == stamped_ms
+    assert clock.skew_ms == skew_ms
+    assert clock.skewed == (abs(skew_ms) > 1_000)
+
+
+def test_the_skew_reported_is_that_of_the_last_stamped_change() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    clock.stamp(NOW + HOUR, NOW - 500, NOW)
+    assert clock.skewed
+    clock.stamp(NOW + 10, NOW, NOW + 20)
+    assert clock.skew_ms == 0
+    assert not clock.skewed
+
+
+def test_a_clock_that_ran_ahead_and_is_corrected_stops_winning_within_the_tolerance() -> None:
+    tolerance = 1_000
+    app = BoundedClock(FINANCE, tolerance)
+    ahead = app.stamp(NOW + HOUR, NOW - 10, NOW)
+    assert wall(ahead) == NOW
+    previous = ahead
+    for t in range(NOW + 100, NOW + 3 * tolerance, 100):
+        stamp = app.stamp(t, t - 10, t)  # its clock is right again
+        assert stamp > previous
+        assert wall(stamp) <= t + tolerance
+        if t > NOW + tolerance:
+            assert unpack(stamp) == (t, 0, FINANCE)  # past the clipped value: follows it again
+        previous = stamp
+    # a change the engine stamps from a right clock more than the tolerance later wins
+    right = BoundedClock(CRM, tolerance)
+    assert right.stamp(NOW + tolerance + 1, NOW + tolerance, NOW + tolerance + 1) > ahead
+
+
+def test_a_clock_resumed_from_its_last_stamp_never_stamps_lower() -> None:
+    before = BoundedClock(FINANCE)
+    for t in (NOW, NOW, NOW + 5):
+        before.stamp(t + HOUR, t - 10, t)
+    last = before.last
+    resumed = BoundedClock(FINANCE, last=last)
+    assert resumed.last == last
+    first = resumed.stamp(NOW, NOW - 10, NOW)
+    assert first > last
+    assert unpack(first) == (unpack(last)[0], unpack(last)[1] + 1, FINANCE)
+    assert resumed.now(0) > first
+    # without ``last`` the same change would have been stamped lower
+    assert BoundedClock(FINANCE).stamp(NOW, NOW - 10, NOW) < last
+
+
+def test_bounded_clock_now_never_goes_back_when_physical_time_does() -> None:
+    clock = BoundedClock(FINANCE)
+    first = clock.now(5_000)
+    assert unpack(clock.now(1_000)) == (5_000, 1, FINANCE)
+    assert clock.last > first
+
+
+def test_a_full_counter_borrows_the_next_millisecond_and_stays_increasing() -> None:
+    clock = BoundedClock(FINANCE, last=pack(NOW, MAX_COUNTER - 1, FINANCE))
+    stamps = [clock.now(NOW) for _ in range(3)]
+    assert [unpack(s) for s in stamps] == [
+        (NOW, MAX_COUNTER, FINANCE),
+        (NOW + 1, 0, FINANCE),
+        (NOW + 1, 1, FINANCE),
+    ]
+    # the borrowed millisecond is not handed out again when physical time reaches it
+    assert unpack(clock.stamp(NOW + 1, NOW, NOW + 1)) == (NOW + 1, 2, FINANCE)
+    assert unpack(clock.now(NOW + 2)) == (NOW + 2, 0, FINANCE)
+
+
+def test_a_whole_millisecond_of_stamps_then_one_more_borrows_the_next() -> None:
+    clock = BoundedClock(FINANCE)
+    stamps = [clock.now(NOW) for _ in range(MAX_COUNTER + 2)]
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert unpack(stamps[-2]) == (NOW, MAX_COUNTER, FINANCE)
+    assert unpack(stamps[-1]) == (NOW + 1, 0, FINANCE)
+
+
+clock_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("now"), st.integers(0, 60)),
+        # (app_ms, earliest_ms, window width)
+        st.tuples(st.just("stamp"), st.integers(0, 90), st.integers(0, 60), st.integers(0, 10)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300)
+@given(
+    rank=st.integers(0, MAX_ORIGINS - 1),
+    tolerance=st.integers(0, 20),
+    last_wall=st.integers(0, 60),
+    last_counter=st.sampled_from([0, 1, MAX_COUNTER - 1, MAX_COUNTER]),
+    steps=clock_steps,
+)
+def test_bounded_clock_stamps_strictly_increase_for_any_inputs(
+    rank: int,
+    tolerance: int,
+    last_wall: int,
+    last_counter: int,
+    steps: list[tuple[str, int] | tuple[str, int, int, int]],
+) -> None:
+    previous = pack(last_wall, last_counter, rank)
+    clock = BoundedClock(rank, tolerance, previous)
+    for step in steps:
+        if step[0] == "now":
+            physical = step[1]
+            stamp = clock.now(physical)
+        else:
+            _, app_ms, earliest, width = step  # type: ignore[misc]
+            latest = earliest + width
+            stamp = clock.stamp(app_ms, earliest, latest)
+            corrected = app_ms - clock.offset_ms
+            physical = min(max(corrected, earliest - tolerance), latest + tolerance)
+            if earliest > 0 and width <= LIVE_WINDOW_MS:  # a live look measures the skew
+                assert clock.skewed == (not earliest - tolerance <= app_ms <= latest + tolerance)
+                assert (clock.skew_ms == 0) == (earliest <= app_ms <= latest)
+                assert (clock.skew_ms > 0) == (app_ms > latest)
+        w, c, r = unpack(stamp)
+        pw, pc, _ = unpack(previous)
+        assert stamp > previous
+        assert r == rank
+        assert clock.last == stamp
+        assert w >= physical
+        # never ahead of its physical time unless an earlier stamp pushed it
+        if physical > pw:
+            assert (w, c) == (physical, 0)
+        elif pc < MAX_COUNTER:
+            assert (w, c) == (pw, pc + 1)
+        else:
+            assert (w, c) == (pw + 1, 0)
+        previous = stamp

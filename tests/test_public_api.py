@@ -56,28 +56,35 @@ ENGINE_API = [
     "register_resolver",
 ]
 CONFLICT_API = [
+    "ABSENT",
+    "DEFAULT_TOLERANCE_MS",
+    "EXISTS",
     "LWW",
-    "Assign",
+    "BoundedClock",
+    "Chooser",
     "Conflict",
     "Custom",
-    "Dot",
-    "DotContext",
     "Edit",
-    "FieldState",
+    "Entry",
     "HybridClock",
     "LastWriterWins",
     "Ordering",
+    "Origins",
     "Policy",
     "Prefer",
-    "RecordState",
+    "Record",
     "Register",
     "Resolver",
     "Timestamp",
     "UnknownPolicy",
     "VectorClock",
+    "latest",
+    "pack",
     "register_resolver",
     "resolve",
     "resolver",
+    "stamp_after",
+    "unpack",
 ]
 
 
@@ -104,6 +111,7 @@ def test_the_engine_core_and_the_merge_core_never_load_ray() -> None:
         f"""
         import json, sys
         import conflict, engine, engine.maps, engine.pipeline, engine.store, engine.codec
+        import engine.partition, engine.records
         import engine.connectors.sqlite, engine.cli, engine.demo
         from engine.maps import EntityMap
         from engine.pipeline import PartitionLogic
@@ -265,7 +273,7 @@ def test_a_message_round_trips_with_its_type_and_version() -> None:
 @pytest.mark.parametrize(
     ("data", "found"),
     [
-        (encode("result", position=1, errors=[]), "found 'result' version 1"),
+        (encode("result", position=1, errors=[]), f"found 'result' version {codec.VERSION}"),
         (msgpack.packb({"t": "writes", "v": codec.VERSION + 1}), f"version {codec.VERSION + 1}"),
         (msgpack.packb({"rows": []}), "found None version None"),
         (msgpack.packb([1, 2]), "found list"),
