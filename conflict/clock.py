@@ -240,8 +240,9 @@ class VectorClock:
         return None
 
 
-LIVE_WINDOW_MS = 2_000
-"""A look at the change log this soon after the previous one measures the clock's offset."""
+LIVE_WINDOW_MS = 250
+"""A look at the change log this soon after the previous one measures the clock's offset
+(the window is small next to any skew worth correcting: live sync looks every 50 ms)."""
 
 
 class BoundedClock:
@@ -254,12 +255,14 @@ class BoundedClock:
     ``latest_ms`` (the look that did), on the engine's own clock. Units: milliseconds since
     the Unix epoch.
 
-    - Offset. A look within `LIVE_WINDOW_MS` of the previous one (live sync) measures how
-      far ``app_ms`` lies outside the window: ``skew_ms`` (positive: ahead, negative: behind,
-      0: inside). While that passes ``tolerance_ms`` (``skewed``), the application's times
-      are corrected by it, also for changes read later in a wide window (a backlog after a
-      pause), so a clock an hour ahead does not win the changes it made during a pause.
-      A look that finds the clock right again sets the offset back to 0.
+    - Offset. Every change says how far ``app_ms`` lies outside its window: a time past
+      ``latest_ms`` is at least that far ahead, one before ``earliest_ms`` at least that far
+      behind. A look within `LIVE_WINDOW_MS` of the previous one (live sync) measures the
+      offset closely: it becomes ``skew_ms`` (positive: ahead, negative: behind, 0: inside
+      the tolerance). A wider window (a backlog after a pause) can only show more of it. While
+      the offset passes ``tolerance_ms`` (``skewed``) the application's times are corrected
+      by it, so a clock an hour ahead does not win what it did during a pause either; a live
+      look that finds the clock right again sets it back to 0.
     - Clipping. The time used is then clipped to the window widened by ``tolerance_ms`` on
       both sides: whatever the application says, its stamps lie at most ``tolerance_ms``
       outside what the engine saw. So a wrong clock stops winning conflicts as soon as it
@@ -301,14 +304,18 @@ class BoundedClock:
 
     def stamp(self, app_ms: int, earliest_ms: int, latest_ms: int) -> int:
         tolerance = self.tolerance_ms
+        if app_ms > latest_ms:
+            skew = app_ms - latest_ms
+        elif earliest_ms > 0 and app_ms < earliest_ms:
+            skew = app_ms - earliest_ms
+        else:
+            skew = 0
         if earliest_ms > 0 and latest_ms - earliest_ms <= LIVE_WINDOW_MS:
-            if app_ms > latest_ms:
-                skew = app_ms - latest_ms
-            elif app_ms < earliest_ms:
-                skew = app_ms - earliest_ms
-            else:
-                skew = 0
-            self.skew_ms = skew
             self.offset_ms = skew if abs(skew) > tolerance else 0
+            self.skew_ms = skew
+        elif skew > tolerance and skew > self.offset_ms >= 0:
+            self.offset_ms = self.skew_ms = skew  # at least that far ahead
+        elif skew < -tolerance and skew < self.offset_ms <= 0:
+            self.offset_ms = self.skew_ms = skew  # at least that far behind
         corrected = app_ms - self.offset_ms
         return self.now(min(max(corrected, earliest_ms - tolerance), latest_ms + tolerance))

@@ -167,7 +167,8 @@ class PartitionRunner:
     def _replay(self, side: Side, payload: bytes) -> tuple[Outcome, int]:
         msg = decode(payload, "changes")
         if msg.get("mail") is not None:
-            return self._take_mail(side, msg, 0), len(msg["mail"])
+            merged, deferred = self._take_mail(side, msg, 0)
+            return merged, len(msg["mail"]) - len(deferred)
         changes, _ = self._changes(side, msg)
         return self.logic.ingest(side, changes, 0, self._upto(msg)), len(changes)
 
@@ -245,25 +246,34 @@ class PartitionRunner:
         return self._answer(side, mail=mail)
 
     def deliver(self, side: Side, payload: bytes) -> dict[str, Any]:
-        """Take mail from other partitions (durably: answered once in the WAL)."""
+        """Take mail from other partitions (durably: answered once in the WAL). Mail it
+        cannot take yet comes back as ``deferred``, for the reader to send again."""
         msg = decode(payload, "changes")
         self._complete()
-        merged = self._take_mail(side, msg, self.now_ms())
+        merged, deferred = self._take_mail(side, msg, self.now_ms())
         mail = self._post(side, merged)
-        self._record(side, payload, merged, [], len(msg["mail"]))
+        self._record(side, payload, merged, [], len(msg["mail"]) - len(deferred))
         self._complete()
-        return self._answer(side, mail=mail)
+        answer = self._answer(side, mail=mail)
+        if deferred:
+            answer["deferred"] = deferred
+        return answer
 
-    def _take_mail(self, side: Side, msg: dict[str, Any], now: int) -> Outcome:
-        fresh = []
-        for source, number, mail in msg["mail"]:
-            tag = f"{source}/{int(side)}"
-            if number <= self.mail_seen.get(tag, 0):
+    def _take_mail(
+        self, side: Side, msg: dict[str, Any], now: int
+    ) -> tuple[Outcome, list[list[Any]]]:
+        fresh, items = [], []
+        for item in msg["mail"]:
+            source, number, mail = item
+            if number <= self.mail_seen.get(f"{source}/{int(side)}", 0):
                 continue  # delivered before (the reader sends again after a restart)
-            self.mail_seen[tag] = number
             kind, key, origin, body = mail
             fresh.append(Mail(kind, tuple(key), origin, body))
-        return self.logic.deliver(side, fresh, now)
+            items.append(item)
+        merged, taken = self.logic.deliver(side, fresh, now)
+        for source, number, _ in items[:taken]:
+            self.mail_seen[f"{source}/{int(side)}"] = number
+        return merged, items[taken:]
 
     def flush(self, side: Side, acked: int = 0) -> dict[str, Any]:
         """Wait for the last batch's writes and record their outcome."""

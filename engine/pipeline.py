@@ -66,6 +66,7 @@ from engine.records import (
     apply_write,
     decode_record,
     encode_record,
+    pending_of,
 )
 
 __all__ = [
@@ -312,19 +313,25 @@ class PartitionLogic:
             self.stream[side] = upto
         return out
 
-    def deliver(self, side: Side, mail: Sequence[Mail], now_ms: int) -> Outcome:
-        """Take mail other partitions sent through the reader of ``side``."""
+    def deliver(self, side: Side, mail: Sequence[Mail], now_ms: int) -> tuple[Outcome, int]:
+        """Take mail other partitions sent through the reader of ``side``, in order; returns
+        the outcome and how many were taken. A change forwarded after a record that has not
+        arrived yet (the two sides' readers carry mail independently) stops there: it and
+        what follows are sent again later."""
         out = _outcome()
         self.resolver_failures.clear()
         self._reported = set()
         self.cache.fetch(m.key for m in mail)
         touched: dict[RecordKey, _Touch] = {}
+        taken = 0
         for m in mail:
             if m.kind == "adopt":
                 rec = decode_record(m.body)
                 assert isinstance(rec, Tracked)
                 self._adopt(side, m.key, rec, now_ms, touched, out)
             elif m.kind == "forward":
+                if m.key not in touched and self.cache.get(m.key) is None:
+                    break
                 seq, op, _, ts, old, new = m.body
                 ch = Change(seq, op, m.key, ts, old, new)
                 self._change(Side(m.side), ch, now_ms, touched, out, forwarded=True)
@@ -332,8 +339,9 @@ class PartitionLogic:
                 self._install_redirect(m.key, tuple(m.body))
             else:
                 raise ValueError(f"unknown mail kind {m.kind!r}")
+            taken += 1
         self._finish(side, touched, now_ms, out)
-        return out
+        return out, taken
 
     def confirm(
         self,
@@ -448,12 +456,15 @@ class PartitionLogic:
         rec = touch.rec
         cache.put(key, rec)
         extra = rec.extra
-        if forwarded and extra is not None and extra.ghost is not None:
+        ghost = None if extra is None or extra.ghost is None else extra.ghost[side]
+        if forwarded and ghost is not None:
+            assert extra is not None
             late = ch.seq < extra.last[side]
             changed, concurrent = self._merge_ghost(rec, side, ch, late)
         else:
             changed, concurrent = self._merge(rec, side, ch)
-            if extra is not None and extra.ghost is not None:
+            if ghost is not None:
+                assert extra is not None
                 extra.last[side] = ch.seq
         if touch.changed is not None:
             touch.changed.update(changed)
@@ -580,7 +591,7 @@ class PartitionLogic:
         extra = rec.extra
         assert extra is not None and extra.ghost is not None
         ghost = extra.ghost[side]
-        seen, base, queue = ghost[0], ghost[1], [Pending(*p) for p in ghost[2]]
+        seen, base, queue = ghost[0], ghost[1], [pending_of(p) for p in ghost[2]]
         later = []
         image = seen
         for entry in queue:
@@ -732,12 +743,22 @@ class PartitionLogic:
         """Take ``write`` as made: the next batch is merged before it is confirmed."""
         ctx = rec.vv[self.rank[1 - side]]
         rec.set_pending(
-            side, [*rec.pending(side), Pending(None, write.op, write.values, ctx, write.old)]
+            side,
+            [*rec.pending(side), Pending(None, write.op, write.key, write.values, ctx, write.old)],
         )
         self.pending_keys.add(key)
 
     def _fold(self, rec: Tracked, side: Side, upto: int) -> bool:
-        """Fold the pending writes landed up to ``upto`` into what the side held."""
+        """Fold the pending writes landed up to ``upto`` into what the side held.
+
+        Not for a side that held a moved record at its old key: changes it made there reach
+        us forwarded, later than its stream position says, and must find our writes (the
+        move above all) still pending to be placed before them; its next change made here
+        folds them.
+        """
+        extra = rec.extra
+        if extra is not None and extra.ghost is not None and extra.ghost[side] is not None:
+            return False
         queue = rec.pending(side)
         n = 0
         for entry in queue:

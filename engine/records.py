@@ -45,15 +45,18 @@ __all__ = [
     "apply_write",
     "decode_record",
     "encode_record",
+    "pending_of",
 ]
 
 
 class Pending(NamedTuple):
     """One write of ours to a side, its position in the side's change log (None while in
-    flight), and the stamp of the other side's edits it carried (``ctx``)."""
+    flight), the key it went to, and the stamp of the other side's edits it carried
+    (``ctx``)."""
 
     position: int | None
     op: str  # "I", "U", "D" or "M"
+    key: RecordKey
     values: dict[int, Any]
     ctx: int
     old: RecordKey | None = None  # "M": the key the row had
@@ -159,14 +162,17 @@ def apply_write(image: Any, entry: Pending, key_index: tuple[int, ...], n: int) 
     """``image`` (what a side held, ``n`` fields) after our write ``entry`` landed on it, as
     the connectors apply writes: an update or a move of a row the side lacks does nothing."""
     op = entry.op
-    if op == "D":
-        return None
-    if op == "M":
-        if not isinstance(image, list) or tuple(image[i] for i in key_index) != entry.old:
+    if isinstance(image, list):
+        held = tuple(image[i] for i in key_index)
+        if held != (entry.old if op == "M" else entry.key):
+            # The side's row has another key (it renamed the record meanwhile): the write
+            # went to a key it no longer holds. (An upsert there makes a row we do not track.)
             return image
+        if op == "D":
+            return None
         image = list(image)
-    elif isinstance(image, list):
-        image = list(image)
+    elif op == "D":
+        return None
     elif op == "I":
         image = [UNSEEN] * n
     else:
@@ -231,7 +237,7 @@ def decode_record(data: bytes) -> Tracked | Redirect:
     if extra is not None:
         pending_left, pending_right, ghost, last, moved, redirect = extra
         x = rec.extra = Extra()
-        x.pending = [[_pending(p) for p in queue] for queue in (pending_left, pending_right)]
+        x.pending = [[pending_of(p) for p in queue] for queue in (pending_left, pending_right)]
         x.ghost = ghost
         x.last = last
         x.moved = [tuple(k) for k in moved]
@@ -239,9 +245,9 @@ def decode_record(data: bytes) -> Tracked | Redirect:
     return rec
 
 
-def _pending(item: list[Any]) -> Pending:
-    position, op, values, ctx, old = item
-    return Pending(position, op, values, ctx, None if old is None else tuple(old))
+def pending_of(item: list[Any]) -> Pending:
+    position, op, key, values, ctx, old = item
+    return Pending(position, op, tuple(key), values, ctx, None if old is None else tuple(old))
 
 
 # -- the cache -------------------------------------------------------------------------------

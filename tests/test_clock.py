@@ -423,7 +423,16 @@ def test_the_offset_learnt_live_corrects_a_backlog_read_after_a_pause() -> None:
     # paused for a minute; a change made 30 s into the pause, read when it ends
     backlog = clock.stamp(NOW + 30_000 + HOUR, NOW, NOW + 60_000)
     assert wall(backlog) == NOW + 30_000
-    assert clock.skew_ms == HOUR  # a wide window measures nothing new
+    assert clock.skew_ms == HOUR  # a wide window shows less of it: the live measure stays
+
+
+def test_a_backlog_read_first_shows_at_least_how_far_ahead_a_clock_is() -> None:
+    clock = BoundedClock(FINANCE, tolerance_ms=1_000)
+    clock.stamp(NOW, NOW - 50, NOW)  # live and right
+    # paused for a minute, during which the clock jumped an hour ahead
+    first = clock.stamp(NOW + 30_000 + HOUR, NOW, NOW + 60_000)
+    assert clock.skew_ms == HOUR - 30_000 == clock.offset_ms  # at least that
+    assert wall(first) == NOW + 60_000  # corrected: no later than the look that saw it
 
 
 def test_an_offset_is_dropped_as_soon_as_a_live_look_finds_the_clock_right() -> None:
@@ -433,10 +442,11 @@ def test_an_offset_is_dropped_as_soon_as_a_live_look_finds_the_clock_right() -> 
     assert (clock.skew_ms, clock.offset_ms, clock.skewed) == (0, 0, False)
 
 
-def test_without_a_live_look_an_hour_ahead_is_clipped_to_the_tolerance() -> None:
+def test_without_a_live_look_a_clock_an_hour_ahead_is_corrected_to_the_look_that_saw_it() -> None:
     clock = BoundedClock(FINANCE, tolerance_ms=1_000)
-    # a first read of a backlog: nothing measured yet, only the window bounds it
-    assert unpack(clock.stamp(NOW + HOUR, 0, NOW)) == (NOW + 1_000, 0, FINANCE)
+    # a first read of a backlog: it is at least an hour ahead of the look that saw it
+    assert unpack(clock.stamp(NOW + HOUR, 0, NOW)) == (NOW, 0, FINANCE)
+    assert clock.skew_ms == HOUR
 
 
 def test_an_application_clock_an_hour_behind_is_corrected_into_the_window() -> None:
@@ -463,20 +473,20 @@ def test_inside_the_window_stamps_follow_the_applications_commit_times() -> None
 @pytest.mark.parametrize(
     ("app_ms", "skew_ms", "stamped_ms"),
     [
-        (NOW - 500, 0, NOW - 500),
         (NOW - 200, 0, NOW - 200),
+        (NOW - 100, 0, NOW - 100),
         (NOW, 0, NOW),
         (NOW + 1_000, 1_000, NOW + 1_000),  # ahead, within the tolerance: kept
         (NOW + 1_001, 1_001, NOW),  # past it: corrected by the offset, and skewed
-        (NOW - 1_500, -1_000, NOW - 1_500),
-        (NOW - 1_501, -1_001, NOW - 500),
+        (NOW - 1_200, -1_000, NOW - 1_200),
+        (NOW - 1_201, -1_001, NOW - 200),
     ],
 )
 def test_skew_is_the_offset_beyond_the_window_ahead_positive_behind_negative_zero_inside(
     app_ms: int, skew_ms: int, stamped_ms: int
 ) -> None:
     clock = BoundedClock(FINANCE, tolerance_ms=1_000)
-    assert wall(clock.stamp(app_ms, NOW - 500, NOW)) == stamped_ms
+    assert wall(clock.stamp(app_ms, NOW - 200, NOW)) == stamped_ms  # a live look
     assert clock.skew_ms == skew_ms
     assert clock.skewed == (abs(skew_ms) > 1_000)
 

@@ -549,7 +549,7 @@ def test_a_write_is_kept_for_changes_up_to_its_position_only() -> None:
     # crm's change 12 is the last one committed before our write: the write applies on top
     logic.ingest(R, [update(12, crm(2_500), row(), row(phone="999"))], NOW)
     assert held(logic, R) == ["A1", "Acme Corp", 500, "999"]
-    assert tracked(logic).pending(R) == [Pending(12, "U", {1: "Acme Corp"}, fin(2_000))]
+    assert tracked(logic).pending(R) == [Pending(12, "U", KEY, {1: "Acme Corp"}, fin(2_000))]
     # crm's change 13 committed after it and shows it: the write is forgotten
     last = row(name="Acme Corp", phone="1")
     logic.ingest(R, [update(13, crm(2_600), row(name="Acme Corp", phone="999"), last)], NOW)
@@ -574,7 +574,7 @@ def test_settle_drops_pending_writes_up_to_the_position() -> None:
     logic.confirm(R, second.writes[R], 15, [], NOW)
     assert [p.position for p in tracked(logic).pending(R)] == [10, 12, 15]
     logic.settle(R, 12)
-    assert tracked(logic).pending(R) == [Pending(15, "U", {1: "C"}, fin(3_000))]
+    assert tracked(logic).pending(R) == [Pending(15, "U", KEY, {1: "C"}, fin(3_000))]
     logic.settle(R, 20)
     assert tracked(logic).pending(R) == []
     assert held(logic, R) == row(name="C")  # settling does not change what we know
@@ -806,7 +806,7 @@ def test_a_concurrent_edit_at_the_old_key_follows_the_record_to_the_new_key() ->
     out = logic.ingest(R, [update(11, crm(3_000), row(), row(phone="999"))], NOW)
     # the change arrived at A1, which the record left: it is forwarded (same partition here)
     assert out.writes == ([], []) and [m.kind for m in out.mail] == ["forward"]
-    took = logic.deliver(R, out.mail, NOW)
+    took, _ = logic.deliver(R, out.mail, NOW)
     assert merged_row(logic, ("A2",)) == row(account="A2", phone="999")
     # finance gets the phone; crm's row moved to A2 with the old phone by our move: fixed
     assert took.writes == (
@@ -829,7 +829,7 @@ def test_a_record_moving_to_another_partition_is_mailed_and_adopted_there() -> N
     assert (mail.kind, mail.key) == ("adopt", (new,))
     assert first.values((old,)) == (new,)
     assert (first.records, second.records) == (0, 0)
-    took = second.deliver(L, [mail], NOW)
+    took, _ = second.deliver(L, [mail], NOW)
     assert took.writes[R] == [Write("M", (new,), {0: new, 1: "Acme", 2: 500, 3: "555"}, (old,))]
     assert second.values((new,)) == dict(zip(FIELDS, row(account=new), strict=True))
     assert (first.records, second.records) == (0, 1)
@@ -845,7 +845,8 @@ def test_concurrent_renames_of_one_record_end_with_one_record_the_policy_picks()
     writes: list[list[Write]] = [list(theirs.writes[0]), list(theirs.writes[1])]
     while mail:
         rounds += 1
-        out = logic.deliver(R, mail, NOW)
+        out, taken = logic.deliver(R, mail, NOW)
+        assert taken == len(mail)
         mail = out.mail
         for side in Side:
             writes[side] += out.writes[side]
