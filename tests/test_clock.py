@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conflict.clock import (
-    LIVE_WINDOW_MS,
     DEFAULT_TOLERANCE_MS,
+    LIVE_WINDOW_MS,
     MAX_COUNTER,
     MAX_ORIGINS,
     MAX_WALL_MS,
