@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = {"e2e": "bench.e2e", "merge": "bench.merge"}
+SUITES = {"e2e": "bench.e2e", "merge": "bench.merge", "memory": "bench.memory"}
 
 
 def main(argv: list[str]) -> int:

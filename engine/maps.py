@@ -225,6 +225,9 @@ class EntityMap(BaseModel):
                 tuple(i for i, s in enumerate(sources) if side.other in s) for side in Side
             ),
             owned=tuple(tuple(i for i, s in enumerate(sources) if s == (side,)) for side in Side),
+            targeted_set=tuple(
+                frozenset(i for i, s in enumerate(sources) if side.other in s) for side in Side
+            ),
             both=tuple(fm.direction is Direction.BOTH for fm in self.fields),
             policy=self.policy(resolvers),
             types=tuple(fm.type for fm in self.fields),
@@ -250,6 +253,7 @@ class CompiledMap:
     sourced: tuple[tuple[int, ...], ...]
     targeted: tuple[tuple[int, ...], ...]
     owned: tuple[tuple[int, ...], ...]
+    targeted_set: tuple[frozenset[int], ...]
     both: tuple[bool, ...]
     policy: Policy
     types: tuple[str | None, ...]

@@ -48,7 +48,7 @@ from engine.store import PartitionStore
 __all__ = ["PartitionRunner", "WriterPort"]
 
 CHECKPOINT_CHANGES = 500_000  # WAL size (changes) that forces a checkpoint
-CHECKPOINT_DIRTY = 100_000  # records changed since the last checkpoint that force one
+CHECKPOINT_DIRTY = 200_000  # records changed since the last checkpoint that force one
 
 
 class WriterPort(Protocol):

@@ -10,9 +10,10 @@ engine knows of each side:
 - ``base[side]``: the latest stamp of the *other* side's edits this side had seen at its
   stream point (0: none): our writes carry the merged state, so a side that received one
   has seen everything merged up to then;
-- ``extra``: rare state, None in the common case (`Extra`): our writes to a side that its
-  change stream has not passed yet (``pending``), and what a record that moved between keys
-  needs (see `engine.pipeline`).
+- ``pend``: our writes to each side that its change stream has not passed yet (`Pending`);
+  None in the common case;
+- ``extra``: rare state, None in the common case (`Extra`): what a record that moved
+  between keys needs (see `engine.pipeline`).
 
 What a side holds *now* is its ``seen`` row with its pending writes applied on top
 (`Tracked.holds`); what it has seen of the other side now is ``base`` raised by their
@@ -65,26 +66,15 @@ class Pending(NamedTuple):
 class Extra:
     """The rare per-record state (see the module docstring and `engine.pipeline`)."""
 
-    __slots__ = ("ghost", "last", "moved", "pending", "redirect")
+    __slots__ = ("ghost", "last", "moved", "redirect")
 
     def __init__(self) -> None:
-        self.pending: list[list[Pending]] = [[], []]
         # A record that moved here: per side, what the side held and had seen when it moved
         # (``[seen, base, pending]``), for changes made at the old key that arrive late.
         self.ghost: list[Any] | None = None
         self.last: list[int] = [-1, -1]  # per side: the last change merged (moved records)
         self.moved: list[RecordKey] = []  # keys whose owners were told to send changes here
         self.redirect: RecordKey | None = None  # a record that left this key went there
-
-    @property
-    def empty(self) -> bool:
-        return (
-            not self.pending[0]
-            and not self.pending[1]
-            and self.ghost is None
-            and not self.moved
-            and self.redirect is None
-        )
 
 
 class Redirect(NamedTuple):
@@ -96,12 +86,13 @@ class Redirect(NamedTuple):
 class Tracked(Record):
     """A merged record and what each side holds of it (see the module docstring)."""
 
-    __slots__ = ("base", "extra", "seen")
+    __slots__ = ("extra", "held", "pend")
 
     def __init__(self, fields: int) -> None:
         super().__init__(fields, 2)
-        self.seen: list[Any] = [UNSEEN, UNSEEN]
-        self.base: list[int] = [0, 0]
+        # ``[seen_left, seen_right, base_left, base_right]``: one list, not two (memory).
+        self.held: list[Any] = [UNSEEN, UNSEEN, 0, 0]
+        self.pend: list[list[Pending]] | None = None
         self.extra: Extra | None = None
 
     def __repr__(self) -> str:
@@ -111,19 +102,29 @@ class Tracked(Record):
             f"pending={self.pending(0)!r}/{self.pending(1)!r})"
         )
 
+    @property
+    def seen(self) -> list[Any]:
+        """(A copy of) what each side held at its stream point (see the module docstring)."""
+        return self.held[:2]
+
+    @property
+    def base(self) -> list[int]:
+        """(A copy of) the other side's latest stamp each side had seen at its stream point."""
+        return self.held[2:]
+
     def pending(self, side: int) -> list[Pending]:
-        extra = self.extra
-        return extra.pending[side] if extra is not None else []
+        pend = self.pend
+        return pend[side] if pend is not None else []
 
     def set_pending(self, side: int, entries: list[Pending]) -> None:
-        extra = self.extra
-        if extra is None:
-            if not entries:
-                return
-            extra = self.extra = Extra()
-        extra.pending[side] = entries
-        if not entries and extra.empty:
-            self.extra = None
+        pend = self.pend
+        if pend is None:
+            if entries:
+                self.pend = [entries, []] if side == 0 else [[], entries]
+            return
+        pend[side] = entries
+        if not pend[0] and not pend[1]:
+            self.pend = None
 
     def extras(self) -> Extra:
         if self.extra is None:
@@ -132,7 +133,7 @@ class Tracked(Record):
 
     def image(self, side: int) -> Any:
         """The side's row at its stream point (`SAME` made a list)."""
-        seen = self.seen[side]
+        seen = self.held[side]
         return self.values[:-1] if seen is SAME else seen
 
     def holds(self, side: int, key_index: tuple[int, ...]) -> Any:
@@ -145,7 +146,7 @@ class Tracked(Record):
 
     def view_now(self, side: int) -> int:
         """The latest stamp of the other side's edits this side has seen now."""
-        view = self.base[side]
+        view: int = self.held[2 + side]
         for entry in self.pending(side):
             if entry.ctx > view:
                 view = entry.ctx
@@ -153,9 +154,9 @@ class Tracked(Record):
 
     def settle_same(self, side: int) -> None:
         """Store ``seen[side]`` as `SAME` if it equals the merged values."""
-        seen = self.seen[side]
+        seen = self.held[side]
         if isinstance(seen, list) and seen == self.values[:-1]:
-            self.seen[side] = SAME
+            self.held[side] = SAME
 
 
 def apply_write(image: Any, entry: Pending, key_index: tuple[int, ...], n: int) -> Any:
@@ -185,17 +186,23 @@ def apply_write(image: Any, entry: Pending, key_index: tuple[int, ...], n: int) 
 # -- persistence -----------------------------------------------------------------------------
 
 _RECORD, _REDIRECT = 0, 1
+# NOTE: what a side holds is persisted as True (SAME) or False (UNSEEN): msgpack packs them
+# natively, where the ext types cost a Python callback each.
+_SEEN_CODES = {id(SAME): True, id(UNSEEN): False}
+_SEEN_MARKS = {True: SAME, False: UNSEEN}
 
 
 def encode_record(rec: Tracked | Redirect) -> bytes:
     """A record's persisted form (every field: see the module docstring).
 
-    ``[0, values, stamps, multi, vv, seen, base, extra]`` or ``[1, to]`` for a `Redirect`;
-    ``extra`` is ``[pending_left, pending_right, ghost, last, moved, redirect]`` or nil.
+    ``[0, values, stamps, multi, vv, held, pend, extra]`` or ``[1, to]`` for a
+    `Redirect`; ``pend`` is ``[pending_left, pending_right]`` or nil, ``extra`` is
+    ``[ghost, last, moved, redirect]`` or nil.
     """
     if isinstance(rec, Redirect):
         return pack([_REDIRECT, list(rec.to)])
     extra = rec.extra
+    pend = rec.pend
     return pack(
         [
             _RECORD,
@@ -203,13 +210,11 @@ def encode_record(rec: Tracked | Redirect) -> bytes:
             rec.stamps,
             rec.multi,
             rec.vv,
-            rec.seen,
-            rec.base,
+            [_SEEN_CODES.get(id(x), x) for x in rec.held[:2]] + rec.held[2:],
+            None if pend is None else [[list(p) for p in queue] for queue in pend],
             None
             if extra is None
             else [
-                [list(p) for p in extra.pending[0]],
-                [list(p) for p in extra.pending[1]],
                 extra.ghost,
                 extra.last,
                 [list(k) for k in extra.moved],
@@ -223,7 +228,7 @@ def decode_record(data: bytes) -> Tracked | Redirect:
     body = unpack(data)
     if body[0] == _REDIRECT:
         return Redirect(tuple(body[1]))
-    _, values, stamps, multi, vv, seen, base, extra = body
+    _, values, stamps, multi, vv, held, pend, extra = body
     rec = Tracked.__new__(Tracked)
     rec.values = values
     rec.stamps = stamps
@@ -231,13 +236,14 @@ def decode_record(data: bytes) -> Tracked | Redirect:
         int(slot): [(e[0], e[1]) for e in entries] for slot, entries in (multi or {}).items()
     } or None
     rec.vv = vv
-    rec.seen = seen
-    rec.base = base
+    held[0] = _SEEN_MARKS.get(held[0], held[0]) if type(held[0]) is bool else held[0]
+    held[1] = _SEEN_MARKS.get(held[1], held[1]) if type(held[1]) is bool else held[1]
+    rec.held = held
+    rec.pend = None if pend is None else [[pending_of(p) for p in queue] for queue in pend]
     rec.extra = None
     if extra is not None:
-        pending_left, pending_right, ghost, last, moved, redirect = extra
+        ghost, last, moved, redirect = extra
         x = rec.extra = Extra()
-        x.pending = [[pending_of(p) for p in queue] for queue in (pending_left, pending_right)]
         x.ghost = ghost
         x.last = last
         x.moved = [tuple(k) for k in moved]
@@ -306,6 +312,20 @@ class RecordCache:
             return None
         self.fetch([key])
         return self.clean.get(key)
+
+    def take(self, key: RecordKey) -> Tracked | Redirect | None:
+        """The record of ``key`` (loading it if need be), kept as changed (see `put`)."""
+        rec = self.dirty.get(key)
+        if rec is not None:
+            return rec
+        rec = self.clean.pop(key, None)
+        if rec is None:
+            rec = self.get(key)
+            if rec is None:
+                return None
+            self.clean.pop(key, None)
+        self.dirty[key] = rec
+        return rec
 
     def put(self, key: RecordKey, rec: Tracked | Redirect) -> None:
         """``rec`` changed (or is new): keep it until the next checkpoint."""

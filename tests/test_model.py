@@ -171,8 +171,8 @@ class Model(RuleBasedStateMachine):
             Writers(self),
             clock_ms=lambda: self.now,
             cache_records=1,
-            checkpoint_changes=7,
-            checkpoint_dirty=2,
+            checkpoint_changes=9,
+            checkpoint_dirty=3,
         )
         runner.load()
         return runner

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from conflict import EXISTS, Origins, Register, Timestamp, pack
 from engine.codec import SAME, UNSEEN
 from engine.ids import Side
@@ -881,7 +884,7 @@ def test_encode_and_decode_round_trip_a_tracked_record_exactly() -> None:
     logic.confirm(R, ours.writes[R], 11, [], NOW)
     out = logic.ingest(R, [update(11, crm(3_000), row(), row(name="Right Co", phone="0"))], NOW)
     rec = tracked(logic)
-    rec.seen[L] = ["A1", UNSEEN, None, 1.5]
+    rec.held[L] = ["A1", UNSEEN, None, 1.5]
     assert rec.multi and out.writes[L] and rec.pending(R)
     back = decode_record(encode_record(rec))
     assert isinstance(back, Tracked)
@@ -964,8 +967,9 @@ def random_script(seed: int) -> list[tuple[str, Side, Any]]:
 def test_same_batches_give_the_same_writes_and_records() -> None:
     from engine.records import encode_record
 
-    def play(seed: int) -> tuple[list[Any], dict[Any, bytes]]:
+    def play(seed: int, quick: bool = True) -> tuple[list[Any], dict[Any, bytes]]:
         logic = PartitionLogic(compiled(), live=True)
+        logic.quick = quick
         log: list[Any] = []
         last = NOTHING
         for kind, side, arg in random_script(seed):
@@ -980,7 +984,81 @@ def test_same_batches_give_the_same_writes_and_records() -> None:
     for seed in (1, 2, 3):
         first, second = play(seed), play(seed)
         assert first == second
+        # the quick path for plain updates ends exactly where the general one does
+        assert play(seed, quick=False) == first
         outcomes = [o for o in first[0] if isinstance(o, Outcome)]
         assert any(o.conflicts for o in outcomes)
         assert any(o.writes[L] for o in outcomes) and any(o.writes[R] for o in outcomes)
         assert len(first[1]) == 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(Side),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["A1", "B2", "C3"]),
+                    st.sampled_from([1, 2, 3]),
+                    st.sampled_from(["x", "y", "z"]),
+                ),
+                min_size=1,
+                max_size=4,
+            ),
+        ),
+        max_size=25,
+    )
+)
+def test_the_quick_path_for_plain_updates_matches_the_general_one(
+    steps: list[tuple[Side, list[tuple[str, int, str]]]],
+) -> None:
+    from engine.records import encode_record
+
+    logics = [PartitionLogic(compiled(), live=True) for _ in range(2)]
+    logics[1].quick = False
+    rows = [{k: row(account=k) for k in ("A1", "B2", "C3")} for _ in Side]
+    seq = [0, 0]
+    wall = 1_000
+    for lg in logics:
+        for side in Side:
+            lg.ingest(side, [], NOW, 0)
+    # every record created on the left and written to the right first
+    first = [insert(i + 1, fin(999, i), rows[L][k], key=(k,)) for i, k in enumerate(rows[L])]
+    seq[L] = len(first)
+    for lg in logics:
+        out = lg.ingest(L, first, NOW, seq[L])
+        lg.confirm(R, out.writes[R], 0, [], NOW)
+    for side, edits in steps:
+        batch = []
+        for key, field, value in edits:
+            old = rows[side][key]
+            new = list(old)
+            new[field] = value
+            if new == old:
+                continue
+            seq[side] += 1
+            wall += 1
+            stamp = pack(wall, 0, ORIGINS.rank(("finance", "crm")[side]))
+            batch.append(Change(seq[side], "U", (key,), stamp, list(old), list(new)))
+            rows[side][key] = new
+        if not batch:
+            continue
+        outs = [lg.ingest(side, batch, NOW, seq[side]) for lg in logics]
+        # the same writes (in another order: records the quick path gave back come last)
+        assert [sorted(o.writes[s], key=repr) for s in Side for o in outs[:1]] == [
+            sorted(o.writes[s], key=repr) for s in Side for o in outs[1:]
+        ]
+        assert outs[0].conflicts == outs[1].conflicts == []
+        target = side.other
+        # our writes land now, before anything the target does next
+        results = [
+            lg.confirm(target, o.writes[target], seq[target], [], NOW)
+            for lg, o in zip(logics, outs, strict=True)
+        ]
+        assert results[0] == results[1]
+        for w in outs[0].writes[target]:
+            for i, v in w.values.items():
+                rows[target][w.key[0]][i] = v
+        states = [{k: encode_record(r) for k, r in lg.cache.items()} for lg in logics]
+        assert states[0] == states[1]
