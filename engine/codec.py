@@ -1,19 +1,34 @@
 """The wire format: msgpack messages, each a map with a type tag ``t`` and a version ``v``.
 
-Messages (version 1):
+Messages (version 2):
 
 ``changes``   reader -> partition. ``side``, ``from``/``to`` (the change-sequence range the batch
-              covers, exclusive/inclusive), ``snap`` (rows come from the initial snapshot),
-              ``final`` (the snapshot's last message), ``errors`` (source rows that cannot be
-              synced: ``[seq, field, message, row]``) and ``rows``:
-              ``[seq, op, key, ts, old, new]`` where ``op`` is ``"I"``, ``"U"``, ``"D"`` or
-              ``"S"`` (a row of the initial snapshot),
-              ``key`` the canonical key list, ``ts`` an HLC ``[wall_ms, counter, origin]`` and
-              ``old``/``new`` value lists in canonical field order (or nil).
-``writes``    partition -> writer. ``rows``: ``[op, key, {field_index: value}]``.
+              covers, exclusive/inclusive; ``from`` -1 for a snapshot), ``snap`` (rows come
+              from the initial snapshot), ``final`` (the snapshot's last message), ``errors``
+              (source rows that cannot be synced: ``[seq, field, message, row]``), ``notes``
+              (what the reader reports for the log, such as a skewed clock:
+              ``[kind, message, details]``), ``acked`` (the mail number up to which the
+              reader delivered this partition's mail) and ``rows``:
+              ``[seq, op, key, ts, old, new]`` where ``op`` is ``"I"``, ``"U"``, ``"D"``,
+              ``"M"`` (an update of the key: ``key`` is the old one, ``new`` holds the new)
+              or ``"S"`` (a row of the initial snapshot), ``key`` the canonical key list,
+              ``ts`` a packed stamp (`conflict.clock.pack`) and ``old``/``new`` value
+              lists in canonical field order (or nil). The same type carries mail between
+              partitions (reader -> partition ``deliver``): ``side``, ``snap`` false and
+              ``mail``: ``[source, number, [kind, key, origin, body]]``.
+``writes``    partition -> writer. ``writer`` (the partition's name), ``epoch`` (its
+              incarnation: a writer refuses an earlier one once it saw a later one),
+              ``number`` (the receipt number the connector records with the write) and
+              ``rows``: ``[op, key, {field_index: value}, old_key or nil]``.
 ``result``    writer -> partition. ``position`` (where the write landed in the side's change
               log) and ``errors``: ``[row_index, field_index or nil, message]``.
-``record``    a partition's persisted record state (see `engine.pipeline`).
+``record``    a partition's persisted record state (see `engine.records`).
+
+A partition answers ``apply`` and ``deliver`` with a plain dict: ``status`` (``ok``, or
+``gap``: the batch starts past its cursor, resend), the ``cursor`` merged up to and the
+``durable`` one, ``busy`` (writes under way), ``mail`` (for other partitions, carried by the
+reader), ``deferred`` (mail it cannot take yet: send it again later) and ``clock`` (the
+latest stamp of the side it merged).
 
 Values are msgpack's own types (nil, bool, int, float, str, bytes, lists, maps) and the
 canonical types of `engine.values` as ext types: 2 decimal (its exact text), 3 timestamp
