@@ -213,6 +213,9 @@ class EntityMap(BaseModel):
         fields = tuple(fm.left for fm in self.fields)
         index = {name: i for i, name in enumerate(fields)}
         sources = tuple(fm.direction.sources() for fm in self.fields)
+        targeted = tuple(
+            tuple(i for i, s in enumerate(sources) if side.other in s) for side in Side
+        )
         return CompiledMap(
             name=self.name,
             fields=fields,
@@ -221,13 +224,9 @@ class EntityMap(BaseModel):
             columns=(fields, tuple(fm.right for fm in self.fields)),
             key=tuple(index[c] for c in self.left.key),
             sourced=tuple(tuple(i for i, s in enumerate(sources) if side in s) for side in Side),
-            targeted=tuple(
-                tuple(i for i, s in enumerate(sources) if side.other in s) for side in Side
-            ),
+            targeted=targeted,
             owned=tuple(tuple(i for i, s in enumerate(sources) if s == (side,)) for side in Side),
-            targeted_set=tuple(
-                frozenset(i for i, s in enumerate(sources) if side.other in s) for side in Side
-            ),
+            targeted_set=tuple(frozenset(t) for t in targeted),
             both=tuple(fm.direction is Direction.BOTH for fm in self.fields),
             policy=self.policy(resolvers),
             types=tuple(fm.type for fm in self.fields),

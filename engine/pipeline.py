@@ -197,9 +197,14 @@ _NONE, _LIVE, _DEAD = 0, 1, 2
 
 
 def _standing(rec: Tracked | Redirect | None) -> int:
-    if not isinstance(rec, Tracked) or not rec.known:
+    if not isinstance(rec, Tracked):
         return _NONE
-    return _LIVE if rec.exists else _DEAD
+    return _state(rec)
+
+
+def _state(rec: Tracked) -> int:
+    """`_standing` of a `Tracked` (NOTE: the hot path: no property call)."""
+    return (_LIVE if rec.values[-1] is True else _DEAD) if rec.stamps[-1] else _NONE
 
 
 class PartitionLogic:
@@ -390,8 +395,7 @@ class PartitionLogic:
         # then, which is the change's old image (the side held them, nothing pending).
         held[other] = old if isinstance(old, list) else list(old)
         key = ch.key
-        entry = Pending(None, "U", key, changed, ts, None)
-        rec.pend = [[entry], []] if other == 0 else [[], [entry]]
+        rec.add_pending(other, Pending(None, "U", key, changed, ts, None))
         self.pending_keys.add(key)
         return Write("U", key, changed)
 
@@ -587,9 +591,7 @@ class PartitionLogic:
                     if redirect is not None:
                         rec.extras().redirect = redirect
                     cache.put(key, rec)
-                stamps = rec.stamps
-                was = (_LIVE if rec.values[-1] is True else _DEAD) if stamps[-1] else _NONE
-                touch = touched[key] = _Touch(rec, was)
+                touch = touched[key] = _Touch(rec, _state(rec))
         rec = touch.rec
         touch.plain[side] = False
         if forwarded or ch.op == "M":
@@ -820,7 +822,7 @@ class PartitionLogic:
                     self._assume(key, rec, target, write)
             if keyed:
                 self._redirect_others(side, key, rec, out)
-            now = (_LIVE if rec.values[-1] is True else _DEAD) if rec.stamps[-1] else _NONE
+            now = _state(rec)
             if now != touch.was:
                 self._count(touch.was, now)
                 touch.was = now
@@ -934,14 +936,8 @@ class PartitionLogic:
 
     def _assume(self, key: RecordKey, rec: Tracked, side: Side, write: Write) -> None:
         """Take ``write`` as made: the next batch is merged before it is confirmed."""
-        entry = Pending(
-            None, write.op, write.key, write.values, rec.vv[self.rank[1 - side]], write.old
-        )
-        pend = rec.pend
-        if pend is None:
-            rec.pend = [[entry], []] if side == 0 else [[], [entry]]
-        else:
-            pend[side] = [*pend[side], entry]
+        ctx = rec.vv[self.rank[1 - side]]
+        rec.add_pending(side, Pending(None, write.op, write.key, write.values, ctx, write.old))
         self.pending_keys.add(key)
 
     def _fold(self, rec: Tracked, side: Side, upto: int) -> bool:

@@ -98,7 +98,7 @@ class Tracked(Record):
     def __repr__(self) -> str:
         return (
             f"Tracked(values={self.values!r}, stamps={self.stamps!r}, multi={self.multi!r}, "
-            f"vv={self.vv!r}, seen={self.seen!r}, base={self.base!r}, "
+            f"vv={self.vv!r}, held={self.held!r}, "
             f"pending={self.pending(0)!r}/{self.pending(1)!r})"
         )
 
@@ -115,6 +115,14 @@ class Tracked(Record):
     def pending(self, side: int) -> list[Pending]:
         pend = self.pend
         return pend[side] if pend is not None else []
+
+    def add_pending(self, side: int, entry: Pending) -> None:
+        """Queue a write of ours to ``side`` after those already pending."""
+        pend = self.pend
+        if pend is None:
+            self.pend = [[entry], []] if side == 0 else [[], [entry]]
+        else:
+            pend[side] = [*pend[side], entry]
 
     def set_pending(self, side: int, entries: list[Pending]) -> None:
         pend = self.pend
@@ -236,8 +244,9 @@ def decode_record(data: bytes) -> Tracked | Redirect:
         int(slot): [(e[0], e[1]) for e in entries] for slot, entries in (multi or {}).items()
     } or None
     rec.vv = vv
-    held[0] = _SEEN_MARKS.get(held[0], held[0]) if type(held[0]) is bool else held[0]
-    held[1] = _SEEN_MARKS.get(held[1], held[1]) if type(held[1]) is bool else held[1]
+    for side in (0, 1):
+        if type(held[side]) is bool:
+            held[side] = _SEEN_MARKS[held[side]]
     rec.held = held
     rec.pend = None if pend is None else [[pending_of(p) for p in queue] for queue in pend]
     rec.extra = None
