@@ -616,3 +616,29 @@ def test_bounded_clock_stamps_strictly_increase_for_any_inputs(
         else:
             assert (w, c) == (pw + 1, 0)
         previous = stamp
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    offsets=st.lists(st.integers(-5_000, 5_000), max_size=30),
+    windows=st.lists(
+        st.tuples(st.integers(0, 2_000), st.integers(0, 400), st.integers(0, 3)), min_size=1
+    ),
+    tolerance=st.sampled_from([0, 50, 1_000]),
+)
+def test_stamping_a_batch_gives_what_stamping_each_change_gives(
+    offsets: list[int], windows: list[tuple[int, int, int]], tolerance: int
+) -> None:
+    one, many = BoundedClock(FINANCE, tolerance), BoundedClock(FINANCE, tolerance)
+    now = 1_700_000_000_000
+    for gap, width, count in windows:
+        earliest = 0 if gap == 0 else now + gap
+        latest = now + gap + width
+        now = latest
+        times = [
+            latest - width // 2 + offsets[i % len(offsets)] if offsets else latest
+            for i in range(count + len(offsets))
+        ]
+        expected = [one.stamp(t, earliest, latest) for t in times]
+        assert many.stamp_many(times, earliest, latest) == expected
+        assert (many.last, many.skew_ms, many.offset_ms) == (one.last, one.skew_ms, one.offset_ms)
