@@ -37,6 +37,7 @@ The loop never dies on an exception: it records it, backs off and tries again.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -52,7 +53,7 @@ from engine.connectors import RawChange, open_connector
 from engine.errors import DualsyncError
 from engine.ids import Mode, Side
 from engine.maps import EntityMap
-from engine.pipeline import partition_of
+from engine.pipeline import partition_of, partitioner
 
 ACK_EVERY_S = 1.0
 WINDOW = 2  # batches in flight at once (measured best on 2 cores with python -m bench e2e)
@@ -81,6 +82,7 @@ class Reader:
         self.cmap = cmap
         self.app = cmap.apps[self.side]
         self.capture = cmap.capture(self.side)
+        self.key_of = operator.itemgetter(*cmap.key)
         self.connector = open_connector(self.app, app_url)
         self.connector.prepare(self.capture)
         self.partitions = partitions
@@ -308,13 +310,10 @@ class Reader:
 
     def _moves(self, raws: Sequence[RawChange]) -> int:
         """The index of the first change of ``raws`` that changes the key (len: none)."""
-        key = self.cmap.key
-        for i, raw in enumerate(raws):
-            if raw.op == "U":
-                old, new = raw.old, raw.new
-                assert old is not None and new is not None
-                if any(old[k] != new[k] for k in key):
-                    return i
+        get = self.key_of  # a key value, or a tuple of them
+        for i, (_, op, _, old, new) in enumerate(raws):
+            if op == "U" and get(old) != get(new):  # type: ignore[arg-type]  # (an update has both)
+                return i
         return len(raws)
 
     def _resync(self) -> None:
@@ -474,19 +473,29 @@ class Reader:
             stamps = [clock.now(snapshot_ms) for _ in raws]
         else:
             stamps = clock.stamp_many([raw.at_ms for raw in raws], earliest, latest)
-        owner: Any = (lambda key: 0) if n == 1 else (lambda key: partition_of(key, n))
-        # NOTE: the hot path of the reader: one pass, no generator per change.
+        owner = partitioner(n)
+        one = key_idx[0] if len(key_idx) == 1 else None
+        # NOTE: the hot path of the reader: one pass, no generator per change, and for a
+        # one-column key (the common case) no list built to compare keys.
         for raw, ts in zip(raws, stamps, strict=True):
             seq, op, _, old, new = raw
             if op == "U":
                 assert old is not None and new is not None
-                key = [old[i] for i in key_idx]
-                now = [new[i] for i in key_idx]
-                if None in key or None in now:
+                if one is not None:
+                    was, now = old[one], new[one]
+                    key = [was]
+                    bad = was is None or now is None
+                    moved = now != was
+                else:
+                    key = [old[i] for i in key_idx]
+                    now = [new[i] for i in key_idx]
+                    bad = None in key or None in now
+                    moved = now != key
+                if bad:
                     errors.append(self._null_key_error(raw))
                     self.counts["read_errors"] += 1
                     continue
-                if now != key:
+                if moved:
                     op = "M"
             else:
                 image = new if op != "D" else old

@@ -205,11 +205,17 @@ class PartitionRunner:
         cur = self.cursors[side]
         snap = msg["snap"]
         make = Change._make
-        changes = [
-            make((seq, op, tuple(key), ts, old, new))
-            for seq, op, key, ts, old, new in msg["rows"]
-            if snap or seq > cur
-        ]
+        if snap or msg.get("from", cur) >= cur:  # (the common case: nothing to skip)
+            changes = [
+                make((seq, op, tuple(key), ts, old, new))
+                for seq, op, key, ts, old, new in msg["rows"]
+            ]
+        else:
+            changes = [
+                make((seq, op, tuple(key), ts, old, new))
+                for seq, op, key, ts, old, new in msg["rows"]
+                if seq > cur
+            ]
         errors = [(e[0], e[1], e[2], e[3]) for e in msg.get("errors", ()) if snap or e[0] > cur]
         return changes, errors
 
@@ -332,7 +338,7 @@ class PartitionRunner:
     def _writes(self, writes: list[Write], number: int) -> bytes:
         return encode(
             "writes",
-            rows=[[w.op, w.key, w.values, w.old] for w in writes],
+            rows=writes,  # a `Write` packs as its wire row: [op, key, values, old]
             writer=self.writer_id,
             epoch=self.epoch,
             number=number,

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -100,7 +100,22 @@ def partition_of(key: Sequence[Any], partitions: int) -> int:
     if packer is None:
         # NOTE: one Packer per thread: building one per call cost more than the hash.
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return (zlib.crc32(packer.pack(list(key))) * partitions) >> 32
+    # (a tuple packs as the list of its items: the same bytes)
+    return (zlib.crc32(packer.pack(key)) * partitions) >> 32
+
+
+def partitioner(partitions: int) -> Callable[[Sequence[Any]], int]:
+    """`partition_of` as one function of the key, for a loop over many keys (in one
+    thread: it holds its own packer)."""
+    if partitions == 1:
+        return lambda key: 0
+    pack = msgpack.Packer(use_bin_type=True).pack
+    crc = zlib.crc32
+
+    def owner(key: Sequence[Any]) -> int:
+        return (crc(pack(key)) * partitions) >> 32
+
+    return owner
 
 
 class Change(NamedTuple):
@@ -395,7 +410,8 @@ class PartitionLogic:
         # then, which is the change's old image (the side held them, nothing pending).
         held[other] = old if isinstance(old, list) else list(old)
         key = ch.key
-        rec.add_pending(other, Pending(None, "U", key, changed, ts, None))
+        entry = Pending(None, "U", key, changed, ts, None)
+        rec.pend = [[], [entry]] if other else [[entry], []]  # (nothing was pending)
         self.pending_keys.add(key)
         return Write("U", key, changed)
 
@@ -473,9 +489,37 @@ class PartitionLogic:
         passed = position <= upto
         key_index = self.map.key
         n = self.n
+        fast = passed and not failed
+        pending_keys = self.pending_keys
         for index, write in enumerate(writes):
             key = write.key
             rec = dirty.get(key)
+            if fast and type(rec) is Tracked and rec.extra is None and rec.pend is not None:
+                # NOTE: the common case, as `_quick` leaves it: the write landed before the
+                # side's stream point, it is the first pending one, an update of a record
+                # whose side held values (not unknown): fold it at once. The general branch
+                # below does the same, with every other case.
+                both = rec.pend
+                waiting = both[side]
+                if waiting and waiting[0].position is None and waiting[0].op == "U":
+                    held = rec.held
+                    image = held[side]
+                    if type(image) is list:
+                        entry = waiting[0]
+                        image = image.copy()
+                        for i, value in entry.values.items():
+                            image[i] = value
+                        held[side] = SAME if image == rec.values[:-1] else image
+                        if entry.ctx > held[2 + side]:
+                            held[2 + side] = entry.ctx
+                        if len(waiting) > 1:
+                            del waiting[0]
+                        elif both[1 - side]:
+                            both[side] = []
+                        else:
+                            rec.pend = None
+                            pending_keys.discard(key)
+                        continue
             if rec is None:
                 rec = cache.get(key)
                 if isinstance(rec, Tracked):

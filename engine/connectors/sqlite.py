@@ -427,7 +427,9 @@ class SqliteConnector(Connector):
                     run_of_moves, last_move = run_of_moves + 1, cols
                 groups.setdefault(("M", cols, run_of_moves), []).append(i)
             else:
-                cols = () if op.op == "D" else tuple(sorted(op.values))
+                # NOTE: grouped by the columns in the order given (the partitions give them
+                # in field order): no sort per record.
+                cols = () if op.op == "D" else tuple(op.values)
                 groups.setdefault((op.op, cols, 0), []).append(i)
         writes = self._codec(capture)[1]
         if any(writes):
@@ -451,7 +453,7 @@ class SqliteConnector(Connector):
             (
                 self._write_sql(capture, kind, cols),
                 indexes,
-                [self._params(capture, kind, cols, ops[i]) for i in indexes],
+                self._params(capture, kind, cols, [ops[i] for i in indexes]),
             )
             # sorted() is stable: moves keep their order
             for (kind, cols, _), indexes in sorted(
@@ -567,18 +569,26 @@ class SqliteConnector(Connector):
         )
 
     @staticmethod
-    def _params(capture: Capture, kind: str, cols: tuple[int, ...], op: WriteOp) -> tuple[Any, ...]:
+    def _params(
+        capture: Capture, kind: str, cols: tuple[int, ...], ops: Sequence[WriteOp]
+    ) -> list[tuple[Any, ...]]:
+        """The statement parameters of ``ops`` (all of ``kind``, writing ``cols``)."""
         if kind == "D":
-            return op.key
+            return [op.key for op in ops]
         if kind == "U":
-            return (*(op.values[i] for i in cols), *op.key)
+            # NOTE: the hot path of live sync. ``cols`` is the order of each op's values
+            # (see `apply`).
+            return [(*op.values.values(), *op.key) for op in ops]
         if kind == "M":
-            assert op.old is not None  # checked by `move_problem`
-            new = {**op.values, **dict(zip(capture.key_index, op.key, strict=True))}
-            return (*(new[i] for i in cols), *op.old)
+            out = []
+            for op in ops:
+                assert op.old is not None  # checked by `move_problem`
+                new = {**op.values, **dict(zip(capture.key_index, op.key, strict=True))}
+                out.append((*(new[i] for i in cols), *op.old))
+            return out
         key_names = capture.key
-        rest = [op.values[i] for i in cols if capture.columns[i] not in key_names]
-        return (*op.key, *rest)
+        rest = [i for i in cols if capture.columns[i] not in key_names]
+        return [(*op.key, *(op.values[i] for i in rest)) for op in ops]
 
 
 def _has_receipts(con: sqlite3.Connection) -> bool:
