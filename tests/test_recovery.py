@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recovery_harness import kill_while_streaming
 
 from engine import SyncEngine
 
@@ -110,45 +111,7 @@ def test_a_restarted_engine_resumes_where_it_stopped(ray_runtime: None, tmp_path
 
 @pytest.mark.parametrize("kind", ["reader", "writer", "coordinator"])
 def test_a_killed_actor_restarts_and_nothing_is_lost(engine: Any, apps: Apps, kind: str) -> None:
-    from actors import ray_api
-    from engine import WorkerLost
-
-    start_sync(engine, apps)
-    total = 2000
-
-    def stream() -> None:
-        finance = connect(apps.finance_path)
-        for lo in range(0, total, 20):
-            finance.executemany(
-                "INSERT INTO customers VALUES (?, ?, 1.0, NULL)",
-                [(f"C{i:05}", f"name {i}") for i in range(lo, lo + 20)],
-            )
-        finance.close()
-
-    writer = threading.Thread(target=stream)
-    writer.start()
-    wait_until(lambda: len(apps.right()) >= 300, 60, "300 records in crm")
-    if kind == "coordinator":
-        # Its actors die with it (Ray fate-sharing); the restarted one rebuilds them all
-        # from the registry and their stores.
-        ray_api.kill(engine._coordinator, restart=True)
-    else:
-        victims = engine._call("actors", "customers")[kind]
-        for victim in victims:
-            ray_api.kill(victim, restart=True)
-    writer.join()
-
-    def synced() -> bool:
-        try:
-            engine.wait_idle(timeout=60)
-        except WorkerLost:
-            return False  # the coordinator is still coming back
-        return True
-
-    wait_until(synced, 120, "the map to be in sync again")
-    assert len(apps.left()) == total == len(apps.right())
-    assert apps.converged()
-    assert engine.errors("customers") == []
+    kill_while_streaming(engine, apps, kind)
 
 
 def test_a_partition_killed_during_the_initial_sync_still_gets_every_row(
