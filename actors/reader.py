@@ -37,6 +37,7 @@ The loop never dies on an exception: it records it, backs off and tries again.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import threading
@@ -53,7 +54,7 @@ from engine.connectors import RawChange, open_connector
 from engine.errors import DualsyncError
 from engine.ids import Mode, Side
 from engine.maps import EntityMap
-from engine.pipeline import partition_of, partitioner
+from engine.pipeline import partition_of
 
 ACK_EVERY_S = 1.0
 WINDOW = 2  # batches in flight at once (measured best on 2 cores with python -m bench e2e)
@@ -473,29 +474,20 @@ class Reader:
             stamps = [clock.now(snapshot_ms) for _ in raws]
         else:
             stamps = clock.stamp_many([raw.at_ms for raw in raws], earliest, latest)
-        owner = partitioner(n)
-        one = key_idx[0] if len(key_idx) == 1 else None
-        # NOTE: the hot path of the reader: one pass, no generator per change, and for a
-        # one-column key (the common case) no list built to compare keys.
+        owner: Any = (lambda key: 0) if n == 1 else functools.partial(partition_of, partitions=n)
+        get, single = self.key_of, len(key_idx) == 1  # ``get``: a key value, or a tuple
+        # NOTE: the hot path of the reader: one pass, no generator per change.
         for raw, ts in zip(raws, stamps, strict=True):
             seq, op, _, old, new = raw
             if op == "U":
                 assert old is not None and new is not None
-                if one is not None:
-                    was, now = old[one], new[one]
-                    key = [was]
-                    bad = was is None or now is None
-                    moved = now != was
-                else:
-                    key = [old[i] for i in key_idx]
-                    now = [new[i] for i in key_idx]
-                    bad = None in key or None in now
-                    moved = now != key
-                if bad:
+                was, now = get(old), get(new)
+                if (was is None or now is None) if single else (None in was or None in now):
                     errors.append(self._null_key_error(raw))
                     self.counts["read_errors"] += 1
                     continue
-                if moved:
+                key = [was] if single else list(was)
+                if now != was:
                     op = "M"
             else:
                 image = new if op != "D" else old

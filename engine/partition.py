@@ -205,17 +205,11 @@ class PartitionRunner:
         cur = self.cursors[side]
         snap = msg["snap"]
         make = Change._make
-        if snap or msg.get("from", cur) >= cur:  # (the common case: nothing to skip)
-            changes = [
-                make((seq, op, tuple(key), ts, old, new))
-                for seq, op, key, ts, old, new in msg["rows"]
-            ]
-        else:
-            changes = [
-                make((seq, op, tuple(key), ts, old, new))
-                for seq, op, key, ts, old, new in msg["rows"]
-                if seq > cur
-            ]
+        changes = [
+            make((seq, op, tuple(key), ts, old, new))
+            for seq, op, key, ts, old, new in msg["rows"]
+            if snap or seq > cur
+        ]
         errors = [(e[0], e[1], e[2], e[3]) for e in msg.get("errors", ()) if snap or e[0] > cur]
         return changes, errors
 

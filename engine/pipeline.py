@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -102,20 +102,6 @@ def partition_of(key: Sequence[Any], partitions: int) -> int:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
     # (a tuple packs as the list of its items: the same bytes)
     return (zlib.crc32(packer.pack(key)) * partitions) >> 32
-
-
-def partitioner(partitions: int) -> Callable[[Sequence[Any]], int]:
-    """`partition_of` as one function of the key, for a loop over many keys (in one
-    thread: it holds its own packer)."""
-    if partitions == 1:
-        return lambda key: 0
-    pack = msgpack.Packer(use_bin_type=True).pack
-    crc = zlib.crc32
-
-    def owner(key: Sequence[Any]) -> int:
-        return (crc(pack(key)) * partitions) >> 32
-
-    return owner
 
 
 class Change(NamedTuple):
@@ -489,49 +475,24 @@ class PartitionLogic:
         passed = position <= upto
         key_index = self.map.key
         n = self.n
-        fast = passed and not failed
-        pending_keys = self.pending_keys
         for index, write in enumerate(writes):
             key = write.key
             rec = dirty.get(key)
-            if fast and type(rec) is Tracked and rec.extra is None and rec.pend is not None:
-                # NOTE: the common case, as `_quick` leaves it: the write landed before the
-                # side's stream point, it is the first pending one, an update of a record
-                # whose side held values (not unknown): fold it at once. The general branch
-                # below does the same, with every other case.
-                both = rec.pend
-                waiting = both[side]
-                if waiting and waiting[0].position is None and waiting[0].op == "U":
-                    held = rec.held
-                    image = held[side]
-                    if type(image) is list:
-                        entry = waiting[0]
-                        image = image.copy()
-                        for i, value in entry.values.items():
-                            image[i] = value
-                        held[side] = SAME if image == rec.values[:-1] else image
-                        if entry.ctx > held[2 + side]:
-                            held[2 + side] = entry.ctx
-                        if len(waiting) > 1:
-                            del waiting[0]
-                        elif both[1 - side]:
-                            both[side] = []
-                        else:
-                            rec.pend = None
-                            pending_keys.discard(key)
-                        continue
             if rec is None:
                 rec = cache.get(key)
                 if isinstance(rec, Tracked):
                     cache.put(key, rec)
-            pend = rec.pend if isinstance(rec, Tracked) else None
+            pend = rec.pend if type(rec) is Tracked else None
             queue = pend[side] if pend is not None else None
             at = -1
             if queue:
-                for i, entry in enumerate(queue):
-                    if entry.position is None:
-                        at = i
-                        break
+                if queue[0].position is None:
+                    at = 0  # (the common case: the first pending write is this one)
+                else:
+                    for i, entry in enumerate(queue):
+                        if entry.position is None:
+                            at = i
+                            break
             if at < 0:
                 # A delete of a row merged into another record (see `_collide`).
                 if index in failed:
