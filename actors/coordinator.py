@@ -229,6 +229,14 @@ class Coordinator:
             return found  # type: ignore[no-any-return]
         raise EngineError(f"map {name!r}: record {key!r} moved more than 16 times")
 
+    def verify_inputs(self, name: str) -> tuple[dict[str, Any], list[str]]:
+        """A map's spec and its apps' URLs (left, right), for `engine.verify.verify_map`,
+        which runs in a Ray task of its own so that this actor keeps answering."""
+        with self._lock:
+            p = self._pipeline(name)
+            apps = self.registry.apps()
+        return p.spec, [apps[p.emap.side(s).app] for s in Side]
+
     def partitions(self, name: str) -> list[Any]:
         with self._lock:
             return list(self._pipeline(name).partitions)

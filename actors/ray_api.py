@@ -29,6 +29,7 @@ __all__ = [
     "kill",
     "release_name",
     "shutdown",
+    "task",
 ]
 
 Handle = Any  # a Ray actor handle
@@ -88,6 +89,20 @@ def create(kind: str, *args: Any, name: str | None = None, namespace: str | None
     if namespace:
         options["namespace"] = namespace
     return remote.options(**options).remote(*args) if options else remote.remote(*args)
+
+
+def _run(target: str, *args: Any) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+def task(target: str, *args: Any) -> Ref:
+    """Run the function ``"module:name"`` with ``args`` as a Ray task (one worker process,
+    no CPU reserved), for work too long for an actor's call such as `engine.verify`."""
+    remote = _REMOTE.get("task")
+    if remote is None:
+        remote = _REMOTE["task"] = ray.remote(num_cpus=0, max_retries=0)(_run)
+    return remote.remote(target, *args)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Handle | None:

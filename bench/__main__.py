@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sys
 
-SUITES = {"e2e": "bench.e2e", "merge": "bench.merge", "memory": "bench.memory"}
+SUITES = {
+    "e2e": "bench.e2e",
+    "merge": "bench.merge",
+    "memory": "bench.memory",
+    "verify": "bench.verify",
+}
 
 
 def main(argv: list[str]) -> int:

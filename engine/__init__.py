@@ -19,6 +19,7 @@ from engine.errors import (
 )
 from engine.ids import Direction, Mode
 from engine.maps import ConflictSpec, EntityMap, FieldMap, SideSpec, load_map
+from engine.verify import VerifyReport
 
 __all__ = [
     "AppError",
@@ -37,6 +38,7 @@ __all__ = [
     "SideSpec",
     "SyncEngine",
     "SyncTimeout",
+    "VerifyReport",
     "WorkerLost",
     "load_map",
     "register_resolver",

@@ -28,6 +28,7 @@ from engine.errors import EngineError, SyncTimeout
 from engine.ids import Mode
 from engine.maps import EntityMap, load_map
 from engine.pipeline import DEFAULT_CACHE_RECORDS
+from engine.verify import VerifyReport
 
 __all__ = ["SyncEngine"]
 
@@ -180,6 +181,19 @@ class SyncEngine:
         """The merged values of one record (a key value or a tuple of them)."""
         key_list = list(key) if isinstance(key, (tuple, list)) else [key]
         return self._call("record", name, key_list)  # type: ignore[no-any-return]
+
+    def verify(self, name: str, limit: int = 100) -> VerifyReport:
+        """Compare the map's two applications record by record (see `engine.verify`).
+
+        Returns a `VerifyReport`: records only on the left, only on the right, and records
+        whose fields differ (at most ``limit`` of each listed, all counted); ``ok`` when the
+        sides agree. Run it on a paused or idle map: a playing map keeps changing both sides.
+        """
+        from actors import ray_api
+
+        spec, urls = self._call("verify_inputs", name)
+        ref = ray_api.task("engine.verify:verify_map", spec, urls, limit)
+        return ray_api.get(ref, timeout=None)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         """Stop every map's actors and the coordinator (and Ray, if this engine started it).

@@ -51,4 +51,6 @@ def kill_while_streaming(engine: Any, apps: Apps, kind: str, total: int = 2000) 
     wait_until(synced, 180, "the map to be in sync again")
     assert len(apps.left()) == total == len(apps.right())
     assert apps.converged()
+    report = engine.verify("customers")
+    assert report.ok, report.as_dict()
     assert engine.errors("customers") == []

@@ -51,6 +51,7 @@ ENGINE_API = [
     "SideSpec",
     "SyncEngine",
     "SyncTimeout",
+    "VerifyReport",
     "WorkerLost",
     "load_map",
     "register_resolver",

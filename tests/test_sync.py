@@ -22,6 +22,7 @@ def test_existing_rows_are_copied_both_ways_at_initial_sync(engine: Any, apps: A
     # credit_limit flows finance -> crm only: the crm record arrives without one.
     assert apps.left()["K1"] == ("K1", "Tailspin", None, "555-2")
     assert apps.converged()
+    assert engine.verify("customers").ok
 
 
 def test_edits_flow_left_to_right_and_right_to_left(engine: Any, apps: Apps) -> None:
@@ -37,6 +38,7 @@ def test_edits_flow_left_to_right_and_right_to_left(engine: Any, apps: Apps) -> 
         "K1": ("K1", "Tailspin", None, "555-9"),
     }
     assert apps.converged()
+    assert engine.verify("customers").ok
     assert engine.record("customers", "C1") == {
         "account": "C1",
         "name": "Contoso Group",

@@ -104,6 +104,7 @@ def test_postgresql_finance_and_mariadb_crm_converge_with_concurrent_edits(
 
     left, right = servers.left(), servers.right()
     assert left == right
+    assert engine.verify("customers").ok
     assert left["C1"] == ("C1", "From CRM", Decimal("5000.00"), "1")
     assert left["K1"] == ("K1", "Tailspin Toys", None, "2")
     assert "C2" not in left
