@@ -12,6 +12,7 @@ plays, or pausing a paused one changes nothing.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,34 @@ class Coordinator:
             [ray_api.call(r, "set_mode", wanted.value) for r in readers], timeout=STATUS_TIMEOUT_S
         )
         return wanted.value
+
+    def remove_map(self, name: str) -> None:
+        """Stop the map's actors, uninstall its capture on both apps (triggers, change
+        tables, gate and receipt rows) and drop its state. Removing a map that is not there
+        is refused (`MapError`), so a typo is not mistaken for success.
+
+        If an app cannot be reached the map is left registered, paused, with its state, and
+        the error raised: call again once the app is back."""
+        with self._lock:
+            pipeline = self._pipeline(name)
+            self._teardown(self.pipelines.pop(name))
+            apps = self.registry.apps()
+            emap = pipeline.emap
+            cmap = emap.compile(self.resolvers)
+            try:
+                for side in Side:
+                    spec = emap.side(side)
+                    connector = open_connector(spec.app, apps[spec.app])
+                    try:
+                        connector.release(cmap.capture(side))
+                    finally:
+                        connector.close()
+            except Exception:
+                self.registry.set_mode(name, Mode.PAUSE.value)
+                self._build(name, pipeline.spec, Mode.PAUSE)
+                raise
+            self.registry.delete_map(name)
+            shutil.rmtree(self.state_dir / "maps" / name, ignore_errors=True)
 
     # -- observation ---------------------------------------------------------------------
 

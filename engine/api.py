@@ -150,6 +150,14 @@ class SyncEngine:
         """Stop syncing ``name``; changes keep queueing in the applications' change tables."""
         self._call("set_mode", name, Mode.PAUSE.value)
 
+    def remove_map(self, name: str) -> None:
+        """Delete a map: stop its actors, uninstall its change capture from both apps
+        (triggers, change tables and gate rows) and drop its state. `stop` keeps all of
+        that, so that a restarted engine resumes; this is how to remove it. Raises
+        `MapError` for an unknown map; if an app cannot be reached, the map stays (paused)
+        and the error is raised."""
+        self._call("remove_map", name)
+
     def wait_idle(self, timeout: float = 30, maps: list[str] | None = None) -> None:
         """Return once every playing map (or those of ``maps``) has nothing left to sync.
 

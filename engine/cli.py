@@ -2,6 +2,8 @@
 
 dualsync demo [--dir DIR]        two SQLite apps kept in sync, with conflicts (no servers)
 dualsync validate MAP [MAP...]   check map files; print what each maps, or the problem
+dualsync maps remove NAME [--state DIR] [--address ADDR]
+                                 delete a map: its triggers, change tables and state
 dualsync verify MAP [--state DIR] compare a map's two applications record by record; exit
                                  1 if they differ, 2 if the map cannot be verified
 """
@@ -41,8 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--limit", type=int, default=20, help="differences listed per kind")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    maps = commands.add_parser("maps", help="manage the maps of an engine")
+    maps_commands = maps.add_subparsers(dest="maps_command", required=True)
+    remove = maps_commands.add_parser(
+        "remove", help="delete a map: uninstall its capture from both apps, drop its state"
+    )
+    remove.add_argument("name")
+    remove.add_argument("--state", type=Path, default=Path("state"), help="default: ./state")
+    remove.add_argument(
+        "--address",
+        default=None,
+        help="the Ray cluster of a running engine (auto, ray://host:10001); default: start"
+        " the engine of --state here for the time of the command",
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "maps":
+        return remove_map(args.name, args.state, args.address, sys.stdout, sys.stderr)
     if args.command == "verify":
         return verify(args.map, args.state, args.limit, args.json, sys.stdout, sys.stderr)
 
@@ -64,6 +81,27 @@ def main(argv: list[str] | None = None) -> int:
             f" {len(emap.fields)} fields, policy {emap.policy().rule}"
         )
     return status
+
+
+def remove_map(name: str, state: Path, address: str | None, out: TextIO, err: TextIO) -> int:
+    """`dualsync maps remove`: through the engine of ``state`` (started here unless
+    ``address`` names the cluster where it runs)."""
+    from engine.api import SyncEngine
+
+    if not (state / "engine.sqlite").exists():
+        print(f"dualsync maps remove: no engine state in {state}", file=err)
+        return 2
+    eng = SyncEngine.start(state_dir=state, address=address)
+    try:
+        eng.remove_map(name)
+    except DualsyncError as exc:
+        print(f"dualsync maps remove: {exc}", file=err)
+        return 1
+    finally:
+        if address is None:
+            eng.stop()  # NOTE: the engine this command started; a running one stays up
+    print(f"map {name!r} removed: its capture is gone from both apps, its state deleted", file=out)
+    return 0
 
 
 def verify(name: str, state: Path, limit: int, as_json: bool, out: TextIO, err: TextIO) -> int:

@@ -289,5 +289,9 @@ class Registry:
         with self._lock:
             self._con.execute("UPDATE maps SET mode = ? WHERE name = ?", (mode, name))
 
+    def delete_map(self, name: str) -> None:
+        with self._lock:
+            self._con.execute("DELETE FROM maps WHERE name = ?", (name,))
+
     def close(self) -> None:
         self._con.close()

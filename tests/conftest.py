@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +97,18 @@ class Apps:
             self.finance.execute('SELECT count(*) FROM "_ds_log_customers_L"').fetchone()[0],
             self.crm.execute('SELECT count(*) FROM "_ds_log_customers_R"').fetchone()[0],
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers_on_the_servers() -> Iterator[None]:
+    """At the end of the session: no schema or database a harness made is left on the
+    shared servers, and no ``_ds_`` object in their shared schema / database."""
+    yield
+    problems: list[str] = []
+    for module in ("harness_postgresql", "harness_mysql"):
+        if module in sys.modules:  # only servers this session used
+            problems += sys.modules[module].leftovers()
+    assert not problems, f"the tests left objects on the shared servers: {problems}"
 
 
 @pytest.fixture(scope="session")

@@ -37,8 +37,33 @@ DDL = """CREATE TABLE `{entity}` (
 UTC = dt.UTC
 
 
+CREATED: set[str] = set()
+"""The databases the harnesses of this session made (each must be gone at its end)."""
+
+
 def server_url() -> str:
     return os.environ.get("DUALSYNC_MYSQL_URL", DEFAULT_URL)
+
+
+def leftovers() -> list[str]:
+    """What this session left behind on the server: databases it made that still exist,
+    and any ``_ds_`` table or trigger in the server URL's own (shared) database."""
+    shared_db = unquote(urlsplit(server_url()).path[1:])
+    db = Db()
+    try:
+        found = {r[0] for r in db.execute("SHOW DATABASES")} & CREATED
+        shared = db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name LIKE '\\_ds\\_%%' UNION ALL SELECT trigger_name"
+            " FROM information_schema.triggers WHERE trigger_schema = %s"
+            " AND trigger_name LIKE '\\_ds\\_%%'",
+            (shared_db, shared_db),
+        )
+    finally:
+        db.close()
+    return [f"MariaDB database {d}" for d in sorted(found)] + [
+        f"MariaDB {shared_db}.{r[0]}" for r in shared
+    ]
 
 
 def url_for(database: str, url: str | None = None, scheme: str = "mysql") -> str:
@@ -143,6 +168,7 @@ class MysqlHarness(Harness):
         admin = Db()
         try:
             admin.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
+            CREATED.add(self.database)
         finally:
             admin.close()
         self.db = Db(database=self.database)

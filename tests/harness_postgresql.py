@@ -26,8 +26,34 @@ DDL = """CREATE TABLE {table} (
     ratio double precision, note text)"""
 
 
+CREATED: set[str] = set()
+"""The schemas the harnesses of this session made (each must be gone at its end)."""
+
+
 def server_url() -> str:
     return os.environ.get("DUALSYNC_PG_URL", DEFAULT_URL)
+
+
+def leftovers() -> list[str]:
+    """What this session left behind on the server: schemas it made that still exist, and
+    any ``_ds_`` table, function or trigger in the shared ``public`` schema."""
+    with psycopg.connect(parse_url(server_url())[0], autocommit=True) as con:
+        schemas = {
+            r[0]
+            for r in con.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (list(CREATED),)
+            )
+        }
+        shared = con.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+            " AND relname LIKE '\\_ds\\_%' UNION ALL SELECT proname FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace AND proname LIKE '\\_ds\\_%'"
+            " UNION ALL SELECT tgname FROM pg_trigger WHERE tgname LIKE '\\_ds\\_%'"
+            " AND tgrelid::regclass::text NOT LIKE '%.%'"
+        ).fetchall()
+    return [f"PostgreSQL schema {s}" for s in sorted(schemas)] + [
+        f"PostgreSQL public.{r[0]}" for r in shared
+    ]
 
 
 def with_schema(url: str, schema: str) -> str:
@@ -54,6 +80,7 @@ class PostgresHarness(Harness):
         self.schema = schema or f"ds_t_{uuid.uuid4().hex[:12]}"
         self.db = psycopg.connect(parse_url(server_url())[0], autocommit=True)
         self.db.execute(f"CREATE SCHEMA {q(self.schema)}")
+        CREATED.add(self.schema)
 
     @property
     def url(self) -> str:
