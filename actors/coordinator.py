@@ -21,7 +21,7 @@ from typing import Any
 
 from actors import ray_api
 from conflict import Resolver, resolver
-from engine.connectors import connector_class, open_connector
+from engine.connectors import check_url, open_connector
 from engine.errors import AppError, EngineError, MapError, WorkerLost
 from engine.ids import Mode, Side, check_name
 from engine.maps import EntityMap, check_schema, check_types
@@ -76,14 +76,41 @@ class Coordinator:
     # -- registry ------------------------------------------------------------------------
 
     def add_app(self, name: str, url: str) -> None:
+        """Register an app, or change its URL. The URL is checked first (`check_url`).
+
+        Changing the URL of an app a playing map uses is refused: pause the map first. The
+        paused maps that use it are then checked against the new URL (schema, capture
+        installed there) and re-targeted to it; their positions in the app's change log are
+        kept, so the new URL must reach the same database (a moved server, a new password).
+        """
         problem = check_name("app", name)
         if problem:
             raise AppError(name, problem)
-        connector_class(name, url)  # refuses an unknown scheme
+        check_url(name, url)
         with self._lock:
+            current = self.registry.urls().get(name)
+            if current == url:
+                return
+            users = [
+                p for p in self.pipelines.values() if name in (p.emap.left.app, p.emap.right.app)
+            ]
+            playing = sorted(p.emap.name for p in users if p.mode is Mode.PLAY)
+            if playing:
+                raise AppError(
+                    name,
+                    f"its URL cannot change while map(s) {', '.join(map(repr, playing))} play:"
+                    " pause them first, then change the URL",
+                )
+            urls = {**self.registry.urls(), name: url}
+            for p in users:
+                self._install(p.emap, urls)
             self.registry.put_app(name, url)
+            for p in users:
+                self._teardown(self.pipelines.pop(p.emap.name))
+                self._build(p.emap.name, p.spec, p.mode)
 
     def apps(self) -> dict[str, str]:
+        """The apps and their URLs, inline passwords shown as ``***``."""
         return self.registry.apps()
 
     def add_resolver(self, name: str, fn: Resolver) -> None:
@@ -92,8 +119,8 @@ class Coordinator:
     def submit_map(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Validate a map against the apps and their schemas, then (re)build its pipeline."""
         emap = EntityMap.model_validate(spec)
-        apps = self.registry.apps()
-        emap.check_apps(apps)
+        urls = self.registry.urls()
+        emap.check_apps(urls)
         if emap.conflict.policy == "custom":
             name = emap.conflict.resolver
             assert name is not None
@@ -102,18 +129,7 @@ class Coordinator:
                     resolver(name)
                 except LookupError as exc:
                     raise MapError(emap.name, "conflict.resolver", str(exc)) from None
-        connectors = [open_connector(emap.side(s).app, apps[emap.side(s).app]) for s in Side]
-        try:
-            schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
-            for side in Side:
-                check_schema(emap, side, schemas[side])
-            check_types(emap, schemas[0], schemas[1])
-            cmap = emap.compile(self.resolvers)
-            for side in Side:
-                connectors[side].prepare(cmap.capture(side))
-        finally:
-            for connector in connectors:
-                connector.close()
+        self._install(emap, urls)
         spec = emap.model_dump(mode="json")
         with self._lock:
             known = self.registry.maps().get(emap.name)
@@ -126,6 +142,21 @@ class Coordinator:
             pipeline = self._build(emap.name, spec, mode)
         ray_api.get([ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S)
         return spec
+
+    def _install(self, emap: EntityMap, urls: dict[str, str]) -> None:
+        """Check ``emap`` against both apps' schemas and install its change capture."""
+        connectors = [open_connector(emap.side(s).app, urls[emap.side(s).app]) for s in Side]
+        try:
+            schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
+            for side in Side:
+                check_schema(emap, side, schemas[side])
+            check_types(emap, schemas[0], schemas[1])
+            cmap = emap.compile(self.resolvers)
+            for side in Side:
+                connectors[side].prepare(cmap.capture(side))
+        finally:
+            for connector in connectors:
+                connector.close()
 
     def set_mode(self, name: str, mode: str) -> str:
         wanted = Mode(mode)
@@ -149,7 +180,7 @@ class Coordinator:
         with self._lock:
             pipeline = self._pipeline(name)
             self._teardown(self.pipelines.pop(name))
-            apps = self.registry.apps()
+            apps = self.registry.urls()
             emap = pipeline.emap
             cmap = emap.compile(self.resolvers)
             try:
@@ -258,13 +289,15 @@ class Coordinator:
             return found  # type: ignore[no-any-return]
         raise EngineError(f"map {name!r}: record {key!r} moved more than 16 times")
 
-    def verify_inputs(self, name: str) -> tuple[dict[str, Any], list[str]]:
-        """A map's spec and its apps' URLs (left, right), for `engine.verify.verify_map`,
-        which runs in a Ray task of its own so that this actor keeps answering."""
+    def verify(self, name: str, limit: int) -> list[Any]:
+        """Start `engine.verify.verify_map` of a map in a Ray task of its own (so that this
+        actor keeps answering) and return ``[ref]`` to its report. The apps' URLs, secrets
+        included, go from here to the task only."""
         with self._lock:
             p = self._pipeline(name)
-            apps = self.registry.apps()
-        return p.spec, [apps[p.emap.side(s).app] for s in Side]
+            apps = self.registry.urls()
+        urls = [apps[p.emap.side(s).app] for s in Side]
+        return [ray_api.task("engine.verify:verify_map", p.spec, urls, limit)]
 
     def partitions(self, name: str) -> list[Any]:
         with self._lock:
@@ -302,7 +335,7 @@ class Coordinator:
 
     def _build(self, name: str, spec: dict[str, Any], mode: Mode) -> Pipeline:
         emap = EntityMap.model_validate(spec)
-        apps = self.registry.apps()
+        apps = self.registry.urls()
         urls = [apps[emap.left.app], apps[emap.right.app]]
         count = emap.partitions or int(self.options.get("partitions", 2))
         folder = self.state_dir / "maps" / name

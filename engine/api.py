@@ -114,10 +114,20 @@ class SyncEngine:
         return ray_api.get(ray_api.call(self._coordinator, method, *args), timeout=timeout)
 
     def add_app(self, name: str, url: str) -> None:
-        """Register an application; relative SQLite paths are made absolute."""
+        """Register an application, or change its URL; relative SQLite paths are made
+        absolute. The URL is checked now: `AppError` for an unknown scheme, a SQLite file or
+        directory that does not exist, a server that does not answer, refused credentials.
+
+        ``${NAME}`` in the URL is replaced by the environment variable where connections
+        are made (the engine's processes); a password given inline is stored encrypted and
+        shown as ``***``. Changing the URL of an app a playing map uses is refused: pause
+        the map, change the URL (the map is checked against it and re-targeted), play. The
+        new URL must reach the same database: the map keeps its positions in its change log.
+        """
         self._call("add_app", name, normalise_url(url))
 
     def apps(self) -> dict[str, str]:
+        """The registered apps and their URLs, inline passwords shown as ``***``."""
         return self._call("apps")  # type: ignore[no-any-return]
 
     def register_resolver(self, name: str, fn: Resolver) -> None:
@@ -199,8 +209,7 @@ class SyncEngine:
         """
         from actors import ray_api
 
-        spec, urls = self._call("verify_inputs", name)
-        ref = ray_api.task("engine.verify:verify_map", spec, urls, limit)
+        [ref] = self._call("verify", name, limit)
         return ray_api.get(ref, timeout=None)  # type: ignore[no-any-return]
 
     def stop(self) -> None:

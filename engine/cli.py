@@ -116,7 +116,7 @@ def verify(name: str, state: Path, limit: int, as_json: bool, out: TextIO, err: 
         return 2
     registry = Registry(path)
     try:
-        maps, apps = registry.maps(), registry.apps()
+        maps, apps = registry.maps(), registry.urls()
     finally:
         registry.close()
     if name not in maps:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from engine.codec import pack, unpack
 from engine.ids import RecordKey
 from engine.pipeline import ConflictEntry, ErrorEntry
+from engine.urls import SecretBox, has_secret, redact
 
 __all__ = ["PartitionStore", "Registry", "WalRow"]
 
@@ -250,26 +251,50 @@ def _candidate(c: list[Any]) -> dict[str, Any]:
 
 
 class Registry:
-    """Apps and maps (with their mode) of one engine, in ``<state_dir>/engine.sqlite``."""
+    """Apps and maps (with their mode) of one engine, in ``<state_dir>/engine.sqlite``.
+
+    An app URL with an inline password is stored redacted, next to its encrypted whole
+    (``secret``, see `engine.urls.SecretBox`); rows written before that column existed are
+    sealed when the registry opens.
+    """
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        self._box = SecretBox(path.parent)
         self._con = _connect(path)
         self._con.executescript(
             """
-            CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, url TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, url TEXT NOT NULL,
+                secret TEXT);
             CREATE TABLE IF NOT EXISTS maps (
                 name TEXT PRIMARY KEY, spec TEXT NOT NULL, mode TEXT NOT NULL);
             """
         )
+        if "secret" not in {r[1] for r in self._con.execute("PRAGMA table_info(apps)")}:
+            self._con.execute("ALTER TABLE apps ADD COLUMN secret TEXT")
+        rows = self._con.execute("SELECT name, url FROM apps WHERE secret IS NULL").fetchall()
+        for name, url in rows:
+            if has_secret(url):
+                self.put_app(name, url)
 
     def apps(self) -> dict[str, str]:
+        """The apps' URLs as shown: inline passwords as ``***``."""
         with self._lock:
             return dict(self._con.execute("SELECT name, url FROM apps").fetchall())
 
-    def put_app(self, name: str, url: str) -> None:
+    def urls(self) -> dict[str, str]:
+        """The apps' whole URLs (decrypted), for connecting; never for display."""
         with self._lock:
-            self._con.execute("INSERT OR REPLACE INTO apps (name, url) VALUES (?, ?)", (name, url))
+            rows = self._con.execute("SELECT name, url, secret FROM apps").fetchall()
+        return {name: self._box.open(secret) if secret else url for name, url, secret in rows}
+
+    def put_app(self, name: str, url: str) -> None:
+        shown, secret = (redact(url), self._box.seal(url)) if has_secret(url) else (url, None)
+        with self._lock:
+            self._con.execute(
+                "INSERT OR REPLACE INTO apps (name, url, secret) VALUES (?, ?, ?)",
+                (name, shown, secret),
+            )
 
     def maps(self) -> dict[str, tuple[dict[str, Any], str]]:
         with self._lock:

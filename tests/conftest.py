@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
@@ -10,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# NOTE: set before the session's Ray starts, so that the engine's processes inherit it: the
+# tests of ${NAME} references in app URLs (tests/test_apps.py) use it as a password.
+SECRET_ENV = "DUALSYNC_TEST_SECRET"
+os.environ.setdefault(SECRET_ENV, "pw-" + os.urandom(6).hex())
 
 CUSTOMERS: dict[str, Any] = {
     "name": "customers",

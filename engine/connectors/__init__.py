@@ -19,7 +19,8 @@ from engine.connectors.base import (
     WriteReceipt,
     WriteResult,
 )
-from engine.errors import AppError
+from engine.errors import AppError, ConnectorError
+from engine.urls import redact, resolve, scrub
 
 __all__ = [
     "Capture",
@@ -32,6 +33,7 @@ __all__ = [
     "WriteOp",
     "WriteReceipt",
     "WriteResult",
+    "check_url",
     "connector_class",
     "open_connector",
 ]
@@ -52,11 +54,23 @@ def connector_class(app: str, url: str) -> type[Connector]:
     target = REGISTRY.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(REGISTRY))
-        raise AppError(app, f"no connector for URL {url!r} (supported: {known})")
+        raise AppError(app, f"no connector for URL {redact(url)!r} (supported: {known})")
     module, _, name = target.partition(":")
     cls: type[Connector] = getattr(importlib.import_module(module), name)
     return cls
 
 
 def open_connector(app: str, url: str) -> Connector:
-    return connector_class(app, url)(app, url)
+    """A connector of ``url``, its ``${NAME}`` references resolved from the environment."""
+    return connector_class(app, url)(app, resolve(app, url))
+
+
+def check_url(app: str, url: str) -> None:
+    """`Connector.check` of ``url`` (references resolved): `AppError` saying what is wrong,
+    with no secret of the URL in it."""
+    cls = connector_class(app, url)
+    full = resolve(app, url)
+    try:
+        cls.check(app, full)
+    except (AppError, ConnectorError) as exc:
+        raise AppError(app, scrub(exc.problem, full)) from None

@@ -14,12 +14,17 @@ A connector talks to one application (one URL). The engine asks it, per map side
   change log (``position``: every change with a sequence up to it committed before the write,
   every later one after it), so the engine knows what the application holds at every point
   of its log. Records the application refuses come back as `WriteFailure`; the rest of the
-  batch is written. With a `Receipt`, the connector records ``(capture, writer) -> (number,
-  position, failures)`` in the same transaction: it is recorded if and only if the batch
-  committed (refused records included: the rest committed, and ``failures`` lists the refused
-  ones exactly as the `WriteResult` does: same rows, columns and whole messages, in row
-  order), one statement per batch. A batch that raises records nothing. An empty batch with
-  a receipt records it too.
+  batch is written. A value the application would change on the way in (clamp, truncate,
+  round, fold) counts as refused: its record is a `WriteFailure` naming the column, with a
+  message saying what the column expects and what was found, never a silent change. With a
+  `Receipt`, the connector records ``(capture, writer) -> (number, position, failures)`` in
+  the same transaction: it is recorded if and only if the batch committed (refused records
+  included: the rest committed, and ``failures`` lists the refused ones exactly as the
+  `WriteResult` does: same rows, columns and whole messages, in row order), one statement
+  per batch. A batch that raises records nothing. An empty batch with a receipt records it
+  too.
+- ``check(app, url)`` (a class method): refuse a URL that cannot be used, before anything is
+  created (a missing SQLite file, an unreachable server, refused credentials).
 - ``last_receipt(capture, writer)``: the `WriteReceipt` of the last batch ``writer`` applied
   with a receipt, or None: what the engine asks after a crash, from any process, to learn
   whether a batch it sent landed, where, and which of its records the application refused
@@ -260,6 +265,13 @@ class Connector(abc.ABC):
             raise ConnectorError(
                 self.app, capture.entity, f"{problem}, found {receipt.writer!r}, {receipt.number!r}"
             )
+
+    @classmethod
+    def check(cls, app: str, url: str) -> None:
+        """Prove that ``url`` can be used before it is registered: the server answers, the
+        credentials are accepted, the database (file, schema) exists. Raises `AppError` or
+        `ConnectorError` saying what is wrong. By default: open a connector and close it."""
+        cls(app, url).close()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -112,9 +112,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -137,7 +139,7 @@ from engine.connectors.http_options import parse_url
 from engine.connectors.http_values import reader, to_json
 from engine.connectors.http_webhook import SIGNATURE_HEADER, WebhookServer, sign
 from engine.connectors.http_writes import Writes
-from engine.errors import ConnectorError
+from engine.errors import AppError, ConnectorError
 from engine.values import Convert
 
 __all__ = ["SIGNATURE_HEADER", "HttpConnector", "parse_url", "sign"]
@@ -181,6 +183,18 @@ class HttpConnector(Connector):
         self._webhook: WebhookServer | None = None
         self._poll_locks: dict[str, asyncio.Lock] = {}
         self._polls: dict[str, int] = {}
+
+    @classmethod
+    def check(cls, app: str, url: str) -> None:
+        """The URL's options parse and its server accepts a connection (no request is
+        made: the app's base path need not answer GET)."""
+        options = parse_url(app, url)
+        parts = urllib.parse.urlsplit(options.base)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=10).close()
+        except OSError as exc:
+            raise AppError(app, f"{parts.hostname}:{port} cannot be reached: {exc}") from None
 
     # -- the event loop --------------------------------------------------------------------
 

@@ -210,6 +210,19 @@ class MysqlConnector(Connector):
         self._plans: dict[str, Plan] = {}
         self._closed = False
 
+    @classmethod
+    def check(cls, app: str, url: str) -> None:
+        """Connect once: the server answers and accepts the credentials and database."""
+        connector = cls(app, url)
+        try:
+            connector._ping()
+        finally:
+            connector.close()
+
+    def _ping(self) -> None:
+        con = self._connect(None)
+        self._loop.run_until_complete(con.ensure_closed())
+
     # -- connections -----------------------------------------------------------------------
 
     async def _open(self) -> Connection:

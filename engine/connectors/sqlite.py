@@ -134,6 +134,27 @@ class SqliteConnector(Connector):
         # per capture: (read conversions, write conversions) by column, None where none
         self._codecs: dict[str, tuple[list[Convert | None], list[Convert | None]]] = {}
 
+    @classmethod
+    def check(cls, app: str, url: str) -> None:
+        """The file must exist and be a SQLite database: a typo'd path is refused rather
+        than created empty (create the database, with its tables, first)."""
+        try:
+            path = sqlite_path(url)
+        except AppError as exc:
+            raise AppError(app, exc.problem) from None
+        if not path.parent.is_dir():
+            raise AppError(app, f"directory {path.parent} of {url!r} does not exist")
+        if not path.is_file():
+            raise AppError(app, f"database file {path} does not exist (create it first)")
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise AppError(app, f"{path} cannot be used as a SQLite database: {exc}") from None
+
     # -- helpers -------------------------------------------------------------------------
 
     def _guard(self, entity: str | None, what: str, fn: Any) -> Any:
