@@ -22,13 +22,21 @@ from typing import Any
 from actors import ray_api
 from conflict import Resolver, resolver
 from engine.connectors import check_url, open_connector
-from engine.errors import AppError, EngineError, MapError, WorkerLost
+from engine.drift import Drift, problems, repair
+from engine.errors import AppError, EngineError, MapError, SchemaError, WorkerLost
 from engine.ids import Mode, Side, check_name
 from engine.maps import EntityMap, check_schema, check_types
 from engine.pipeline import partition_of
 from engine.store import Registry
 
 RECONCILE_EVERY_S = 0.5
+HEALTH_EVERY_S = 2.0  # how often a playing map's schemas are checked for drift
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 STATUS_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 120.0
 
@@ -42,9 +50,19 @@ class Pipeline:
     partitions: list[Any]
     readers: list[Any]
     problems: list[str] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)  # what keeps it from syncing; [] healthy
+    drift_since_ms: int | None = None
+    drifted: set[Side] = field(default_factory=set)  # sides that drifted since the last repair
+    last_repair: dict[str, Any] | None = None
+    checked: float = 0.0  # monotonic time of the last health check
 
     def actors(self) -> list[Any]:
         return [*self.readers, *self.partitions, *self.writers]
+
+    @property
+    def reader_mode(self) -> Mode:
+        """The readers' mode: the wanted one, except paused while the schema drifts."""
+        return Mode.PAUSE if self.drift else self.mode
 
 
 class Coordinator:
@@ -165,8 +183,9 @@ class Coordinator:
             pipeline.mode = wanted
             self.registry.set_mode(name, wanted.value)
             readers = list(pipeline.readers)
+            effective = pipeline.reader_mode.value
         ray_api.get(
-            [ray_api.call(r, "set_mode", wanted.value) for r in readers], timeout=STATUS_TIMEOUT_S
+            [ray_api.call(r, "set_mode", effective) for r in readers], timeout=STATUS_TIMEOUT_S
         )
         return wanted.value
 
@@ -196,6 +215,7 @@ class Coordinator:
                 self._build(name, pipeline.spec, Mode.PAUSE)
                 raise
             self.registry.delete_map(name)
+            self.registry.delete_events(name)
             shutil.rmtree(self.state_dir / "maps" / name, ignore_errors=True)
 
     # -- observation ---------------------------------------------------------------------
@@ -233,6 +253,19 @@ class Coordinator:
                 "sides": sides,
                 "unavailable": sum(1 for s in [*readers, *parts, *writers] if s is None),
                 "problems": list(p.problems[-5:]),
+                "health": {
+                    "state": "drift" if p.drift else "ok",
+                    "problems": [
+                        {
+                            "side": d.side.label if d.side is not None else None,
+                            "field": d.field,
+                            "message": d.message,
+                        }
+                        for d in p.drift
+                    ],
+                    "since_ms": p.drift_since_ms,
+                    "last_repair": p.last_repair,
+                },
             }
         return out
 
@@ -252,6 +285,13 @@ class Coordinator:
             missing = [n for n in (names or []) if n not in self.pipelines]
         if missing:
             raise MapError(missing[0], None, "no such map")
+        for p in chosen:
+            if p.drift:
+                raise SchemaError(
+                    p.emap.name,
+                    p.drift[0].field,
+                    "; ".join(d.message for d in p.drift) + " (the map waits for its schema)",
+                )
         readers = [r for p in chosen for r in p.readers]
         if not readers:
             return True
@@ -394,6 +434,8 @@ class Coordinator:
             p = self._pipeline(name)
         parts = self._gather(p.partitions, method, limit, tolerant=False)
         entries = [e for part in parts for e in part]
+        if method == "errors":
+            entries += self.registry.events(name, limit)
         entries.sort(key=lambda e: (e["at_ms"], e["id"]), reverse=True)
         return [{"map": name, **e} for e in entries[:limit]]
 
@@ -409,9 +451,79 @@ class Coordinator:
                     del pipeline.problems[:-20]
 
     def _reconcile(self, pipeline: Pipeline) -> None:
-        """Bring each reader to the wanted mode (a restarted reader comes back paused)."""
+        """Check the map's schemas now and then, then bring each reader to the mode it
+        should have (a restarted reader comes back paused)."""
+        if pipeline.mode is Mode.PLAY and time.monotonic() - pipeline.checked >= HEALTH_EVERY_S:
+            pipeline.checked = time.monotonic()
+            self._check_health(pipeline)
+        wanted = pipeline.reader_mode.value
         for reader, status in zip(
             pipeline.readers, self._gather(pipeline.readers, "status"), strict=True
         ):
-            if status is not None and status["mode"] != pipeline.mode.value:
-                ray_api.get(ray_api.call(reader, "set_mode", pipeline.mode.value), timeout=10)
+            if status is not None and status["mode"] != wanted:
+                ray_api.get(ray_api.call(reader, "set_mode", wanted), timeout=10)
+
+    def _check_health(self, pipeline: Pipeline) -> None:
+        """Look for schema drift (`engine.drift`); on drift pause the readers, suspend the
+        triggers of an entity that no longer fits and log each problem; once the entities
+        fit again, reinstall the capture, repair, log it and resume."""
+        emap = pipeline.emap
+        cmap = emap.compile(self.resolvers)
+        urls = self.registry.urls()
+        connectors = [open_connector(emap.side(s).app, urls[emap.side(s).app]) for s in Side]
+        try:
+            found = problems(emap, cmap, connectors)
+            misfits = [d for d in found if not d.fits]
+            if misfits or (found and not pipeline.drift):
+                if found != pipeline.drift:
+                    self._drifting(pipeline, found)
+                for d in misfits:
+                    for side in [d.side] if d.side is not None else []:
+                        connectors[side].suspend(cmap.capture(side))
+                return
+            if not pipeline.drift:
+                return
+            drifted = pipeline.drifted | {d.side for d in found if d.side is not None}
+            done = repair(cmap, connectors, drifted)
+        finally:
+            for connector in connectors:
+                connector.close()
+        summary = done.as_dict()
+        sides = ", ".join(sorted(s.label for s in drifted))
+        self.registry.add_event(
+            emap.name,
+            now_ms(),
+            None,
+            "repair",
+            None,
+            f"schema fits again; capture reinstalled on {sides or 'no side'};"
+            f" records written: {summary['written']}, recaptured: {summary['recaptured']},"
+            f" left differing: {len(done.unresolved)}, refused: {len(done.failures)}",
+            summary,
+        )
+        with self._lock:
+            pipeline.last_repair = {"at_ms": now_ms(), **summary}
+            pipeline.drift = []
+            pipeline.drift_since_ms = None
+            pipeline.drifted = set()
+
+    def _drifting(self, pipeline: Pipeline, found: list[Drift]) -> None:
+        at = now_ms()
+        emap = pipeline.emap
+        for d in found:
+            if d in pipeline.drift:
+                continue
+            app = emap.side(d.side).app if d.side is not None else None
+            self.registry.add_event(
+                emap.name,
+                at,
+                app,
+                "schema",
+                d.field,
+                f"{d.message}; the map waits until the schema fits again",
+                {"side": d.side.label if d.side is not None else None, "fits": d.fits},
+            )
+        with self._lock:
+            pipeline.drift = list(found)
+            pipeline.drift_since_ms = pipeline.drift_since_ms or at
+            pipeline.drifted |= {d.side for d in found if d.side is not None}

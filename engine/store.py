@@ -268,6 +268,11 @@ class Registry:
                 secret TEXT);
             CREATE TABLE IF NOT EXISTS maps (
                 name TEXT PRIMARY KEY, spec TEXT NOT NULL, mode TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, map TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                app TEXT, kind TEXT NOT NULL, field TEXT, message TEXT NOT NULL,
+                payload TEXT NOT NULL);
+            CREATE INDEX IF NOT EXISTS events_by_map ON events (map, id);
             """
         )
         if "secret" not in {r[1] for r in self._con.execute("PRAGMA table_info(apps)")}:
@@ -313,6 +318,50 @@ class Registry:
     def set_mode(self, name: str, mode: str) -> None:
         with self._lock:
             self._con.execute("UPDATE maps SET mode = ? WHERE name = ?", (mode, name))
+
+    def add_event(
+        self,
+        map_name: str,
+        at_ms: int,
+        app: str | None,
+        kind: str,
+        field: str | None,
+        message: str,
+        payload: dict[str, Any],
+    ) -> None:
+        """An error entry of a whole map (kind ``schema`` or ``repair``), not of a record."""
+        with self._lock:
+            self._con.execute(
+                "INSERT INTO events (map, at_ms, app, kind, field, message, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (map_name, at_ms, app, kind, field, message, json.dumps(payload, default=str)),
+            )
+
+    def events(self, map_name: str, limit: int) -> list[dict[str, Any]]:
+        """The map's latest events, newest first, shaped like partitions' error entries."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT id, at_ms, app, kind, field, message, payload FROM events"
+                " WHERE map = ? ORDER BY id DESC LIMIT ?",
+                (map_name, limit),
+            ).fetchall()
+        return [
+            {
+                "id": eid,
+                "at_ms": at_ms,
+                "app": app,
+                "key": None,
+                "field": field,
+                "kind": kind,
+                "message": message,
+                "payload": json.loads(payload),
+            }
+            for eid, at_ms, app, kind, field, message, payload in rows
+        ]
+
+    def delete_events(self, map_name: str) -> None:
+        with self._lock:
+            self._con.execute("DELETE FROM events WHERE map = ?", (map_name,))
 
     def delete_map(self, name: str) -> None:
         with self._lock:

@@ -97,15 +97,21 @@ def verify(
     chunk: int = CHUNK,
     max_keys: int = MAX_KEYS,
     clock: Any = time.perf_counter,
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] | None = None,
 ) -> VerifyReport:
-    """Compare ``cmap``'s records on ``left`` and ``right`` (connectors of its two apps)."""
+    """Compare ``cmap``'s records on ``left`` and ``right`` (connectors of its two apps).
+
+    ``rows``, if given, receives the rows of the records found on one side only (for
+    `engine.drift`'s repair, which writes them to the other side)."""
     started = clock()
     connectors = (left, right)
     key_at = cmap.key
     passes = 1
     while True:
         report = VerifyReport(cmap.name, passes=passes)
-        if _run(cmap, connectors, key_at, passes, max_keys, limit, chunk, report):
+        if rows is not None:
+            rows.clear()
+        if _run(cmap, connectors, key_at, passes, max_keys, limit, chunk, report, rows):
             break
         passes *= 2  # a range held more than max_keys records: split every range in two
     report.seconds = clock() - started
@@ -121,6 +127,7 @@ def _run(
     limit: int,
     chunk: int,
     report: VerifyReport,
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] | None = None,
 ) -> bool:
     """One full comparison in ``passes`` hash ranges; False if a range overflowed."""
     fields = cmap.fields
@@ -136,6 +143,8 @@ def _run(
             report.right += 1
             mine = held.pop(key, None)
             if mine is None:
+                if rows is not None:
+                    rows[key] = row
                 report.only_right_count += 1
                 if len(report.only_right) < limit:
                     report.only_right.append(key)
@@ -150,6 +159,8 @@ def _run(
                     if len(report.differing) < limit:
                         report.differing.append(Difference(key, differ))
         report.only_left_count += len(held)
+        if rows is not None:
+            rows.update(held)
         report.only_left.extend(itertools.islice(held, max(0, limit - len(report.only_left))))
     return True
 

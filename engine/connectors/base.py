@@ -23,6 +23,9 @@ A connector talks to one application (one URL). The engine asks it, per map side
   `WriteResult` does: same rows, columns and whole messages, in row order), one statement
   per batch. A batch that raises records nothing. An empty batch with a receipt records it
   too.
+- ``capture_problem(capture)``, ``suspend(capture)``, ``recapture(capture, keys)``: for
+  schema drift (see `engine.drift`): is the capture intact; remove its triggers only; log
+  rows the application holds as inserts.
 - ``check(app, url)`` (a class method): refuse a URL that cannot be used, before anything is
   created (a missing SQLite file, an unreachable server, refused credentials).
 - ``last_receipt(capture, writer)``: the `WriteReceipt` of the last batch ``writer`` applied
@@ -265,6 +268,25 @@ class Connector(abc.ABC):
             raise ConnectorError(
                 self.app, capture.entity, f"{problem}, found {receipt.writer!r}, {receipt.number!r}"
             )
+
+    def capture_problem(self, capture: Capture) -> str | None:
+        """Why the change capture of ``capture`` is not fully installed (a trigger or the
+        change table is missing: the table was dropped and created again), or None. The
+        default, for connectors with nothing installed in the application: None."""
+        return None
+
+    def suspend(self, capture: Capture) -> None:  # noqa: B027 - optional hook
+        """Remove the capture's triggers, keep its change table and positions: while the
+        entity does not fit the map (a column dropped or renamed), so that triggers naming
+        that column cannot break the application's own writes. `prepare` installs them
+        again. Idempotent."""
+
+    def recapture(self, capture: Capture, keys: Sequence[tuple[Any, ...]]) -> int:
+        """Log the rows the application holds now at ``keys`` (in capture key order) as
+        inserts in the change log, as if it had just inserted them: for rows it wrote while
+        its capture was missing. Returns how many rows were logged (a key without a row logs
+        nothing)."""
+        raise ConnectorError(self.app, capture.entity, "this connector cannot recapture rows")
 
     @classmethod
     def check(cls, app: str, url: str) -> None:

@@ -157,6 +157,7 @@ IDLE_PING_S = 30.0  # ping a connection idle this long before using it (wait_tim
 RETRY_BUDGET_S = 30.0  # how long a batch rolled back by a deadlock is tried again
 ACK_CHUNK = 10_000  # log rows deleted per statement when trimming
 OLD, NEW = ("o:", "OLD"), ("n:", "NEW")  # log column prefix, trigger row
+CAPTURE_TRIGGERS = ("ins", "upd", "del")  # _ds_<capture>_<event>, made by `prepare`
 
 
 class Address(NamedTuple):
@@ -561,6 +562,85 @@ class MysqlConnector(Connector):
 
         self._call(capture.entity, "removing change capture", run)
         self._plans.pop(capture.name, None)
+
+    def capture_problem(self, capture: Capture) -> str | None:
+        prefix = f"_ds_{capture.name}_"
+        sql = (
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA ="
+            f" DATABASE() AND EVENT_OBJECT_TABLE = {lit(capture.entity)};"
+            " SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+            f" AND TABLE_NAME = {lit(log_table(capture))}"
+        )
+
+        async def run(cur: Cursor) -> str | None:
+            triggers, tables = await _results(cur, sql)
+            if not tables[0][0]:
+                return f"the change table {log_table(capture)} is missing"
+            found = {r[0] for r in triggers}
+            missing = [prefix + e for e in CAPTURE_TRIGGERS if prefix + e not in found]
+            if missing:
+                return f"the capture triggers {', '.join(missing)} on {capture.entity} are missing"
+            return None
+
+        return self._call(capture.entity, "checking change capture", run)
+
+    def suspend(self, capture: Capture) -> None:
+        prefix = f"_ds_{capture.name}_"
+
+        async def run(cur: Cursor) -> None:
+            names = await _rows(
+                cur,
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA ="
+                f" DATABASE() AND EVENT_OBJECT_TABLE = {lit(capture.entity)}",
+            )
+            for (name,) in names:
+                if name.startswith(prefix):
+                    await cur.execute(f"DROP TRIGGER IF EXISTS {q(name)}")
+
+        self._call(capture.entity, "suspending change capture", run)
+
+    def recapture(self, capture: Capture, keys: Sequence[tuple[Any, ...]]) -> int:
+        plan = self._plan(capture, refresh=True)
+        at = capture.key_index
+        cols = capture.columns
+        targets = ", ".join(q(log_column("n:", c)) for c in cols)
+        gate = (
+            f"UPDATE {q(GATE)} SET seq = LAST_INSERT_ID(seq + 1) WHERE name = {lit(capture.name)}"
+        )
+
+        def where(key: tuple[Any, ...]) -> str:
+            return " AND ".join(
+                f"{q(cols[i])} = {lit(plan.writes[i](v))}" for i, v in zip(at, key, strict=True)
+            )
+
+        async def run(cur: Cursor) -> int:
+            logged = 0
+            await cur.execute("START TRANSACTION")
+            try:
+                # NOTE: the gate first, as the triggers take it: sequences stay in commit order.
+                await cur.execute(self._gate_sql(capture, lock=True))
+                await cur.fetchall()
+                for key in keys:
+                    found = await _rows(
+                        cur, f"SELECT 1 FROM {q(capture.entity)} WHERE {where(key)} FOR UPDATE"
+                    )
+                    if not found:
+                        continue
+                    await _rows(
+                        cur,
+                        f"{gate}; INSERT INTO {q(log_table(capture))} (seq, op, at_ms, {targets})"
+                        f" SELECT LAST_INSERT_ID(), 'I', FLOOR(@@timestamp * 1000),"
+                        f" {', '.join(q(c) for c in cols)} FROM {q(capture.entity)}"
+                        f" WHERE {where(key)}",
+                    )
+                    logged += 1
+                await cur.execute("COMMIT")
+            except BaseException:
+                await cur.execute("ROLLBACK")
+                raise
+            return logged
+
+        return self._call(capture.entity, "recapturing rows", run)
 
     def _gate_sql(self, capture: Capture, lock: bool = False) -> str:
         suffix = " FOR UPDATE" if lock else ""

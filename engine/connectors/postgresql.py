@@ -423,6 +423,52 @@ class PostgresConnector(Connector):
             self._tables.pop(capture.entity, None)
             self._tables.pop(ident("_ds_log_", capture.name), None)
 
+    def capture_problem(self, capture: Capture) -> str | None:
+        n = self._names(capture)
+        with self._lock, self._guard(capture.entity, "checking change capture"):
+            log, triggers = self._conn().execute(
+                "SELECT to_regclass(%s) IS NOT NULL, (SELECT count(*) FROM pg_trigger t"
+                " WHERE t.tgrelid = to_regclass(%s) AND t.tgfoid = to_regprocedure(%s))",
+                (n.log, self._q(capture.entity), n.fn + "()"),
+            ).fetchone() or (False, 0)
+        if not log:
+            return f"the change table {n.log} is missing"
+        if triggers < len(n.triggers):
+            return f"the capture triggers on {capture.entity} are missing"
+        return None
+
+    def suspend(self, capture: Capture) -> None:
+        n = self._names(capture)
+        table = self._q(capture.entity)
+        with self._lock, self._guard(capture.entity, "suspending change capture"):
+            con = self._conn()
+            with con.transaction():
+                found = con.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+                if found is not None and found[0] is not None:
+                    for trigger in n.triggers:
+                        con.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+            self._tables.pop(capture.entity, None)
+
+    def recapture(self, capture: Capture, keys: Sequence[tuple[Any, ...]]) -> int:
+        n = self._names(capture)
+        cols = capture.columns
+        sql = (
+            f"INSERT INTO {n.log} (seq, op, at_ms, {', '.join(q('n:' + c) for c in cols)})"
+            f" SELECT nextval({lit(n.seq)}), 'I', {NOW_MS}, {', '.join(map(q, cols))}"
+            f" FROM {self._q(capture.entity)}"
+            f" WHERE {' AND '.join(f'{q(c)} = %s' for c in capture.key)}"
+        )
+        logged = 0
+        with self._lock, self._guard(capture.entity, "recapturing rows"):
+            con = self._conn()
+            with con.transaction():
+                # NOTE: the gate first, as the triggers take it: sequences in commit order.
+                con.execute(f"SELECT 1 FROM {n.gate} WHERE id = {GATE_ROW} FOR UPDATE")
+                for key in keys:
+                    logged += con.execute(sql, list(key)).rowcount
+                con.execute("SELECT pg_notify(%s, '')", (n.channel,))
+        return logged
+
     def _has_receipts(self, con: Con) -> bool:
         found = con.execute("SELECT to_regclass(%s)", (self._q(RECEIPTS),)).fetchone()
         return found is not None and found[0] is not None

@@ -72,6 +72,7 @@ RECEIPTS = "_ds_receipts"
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.004  # seconds between looks at the change table while waiting
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+CAPTURE_TRIGGERS = ("insert", "update", "delete")  # _ds_<capture>_<event>, made by `prepare`
 
 
 def q(name: str) -> str:
@@ -322,6 +323,77 @@ class SqliteConnector(Connector):
 
         with self._lock:
             self._guard(capture.entity, "removing change capture", run)
+
+    def capture_problem(self, capture: Capture) -> str | None:
+        def run() -> str | None:
+            con = self._con
+            found = {
+                name
+                for (name,) in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                    (capture.entity,),
+                )
+            }
+            missing = [
+                n for n in (f"_ds_{capture.name}_{e}" for e in CAPTURE_TRIGGERS) if n not in found
+            ]
+            log = log_table(capture)
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (log,)).fetchone():
+                return f"the change table {log} is missing"
+            if missing:
+                return f"the capture triggers {', '.join(missing)} on {capture.entity} are missing"
+            return None
+
+        with self._lock:
+            problem: str | None = self._guard(capture.entity, "checking change capture", run)
+            return problem
+
+    def suspend(self, capture: Capture) -> None:
+        def run() -> None:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                self._drop_triggers(con, capture)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            self._guard(capture.entity, "suspending change capture", run)
+
+    def recapture(self, capture: Capture, keys: Sequence[tuple[Any, ...]]) -> int:
+        cols = capture.columns
+        targets = ", ".join(q("n:" + c) for c in cols)
+        where = " AND ".join(f"{q(c)} = ?" for c in capture.key)
+        sql = (
+            f"INSERT INTO {q(log_table(capture))} (op, at_ms, {targets}) SELECT 'I', {NOW_MS},"
+            f" {', '.join(q(c) for c in cols)} FROM {q(capture.entity)} WHERE {where}"
+        )
+        write = self._codec(capture)[1]
+        key_convert = [write[i] for i in capture.key_index]
+
+        def run() -> int:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                before = con.total_changes
+                con.executemany(
+                    sql,
+                    [
+                        tuple(v if f is None else f(v) for f, v in zip(key_convert, k, strict=True))
+                        for k in keys
+                    ],
+                )
+                logged: int = con.total_changes - before
+                con.execute("COMMIT")
+                return logged
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            return int(self._guard(capture.entity, "recapturing rows", run))
 
     def head(self, capture: Capture) -> int:
         with self._lock:
