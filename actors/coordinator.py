@@ -25,7 +25,7 @@ from engine.connectors import check_url, open_connector
 from engine.drift import Drift, problems, repair
 from engine.errors import AppError, EngineError, MapError, SchemaError, WorkerLost
 from engine.ids import Mode, Side, check_name
-from engine.maps import EntityMap, check_schema, check_types
+from engine.maps import EntityMap, check_schema, check_types, key_warnings
 from engine.pipeline import partition_of
 from engine.store import Registry
 
@@ -50,6 +50,7 @@ class Pipeline:
     partitions: list[Any]
     readers: list[Any]
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # found when it was submitted
     drift: list[Drift] = field(default_factory=list)  # what keeps it from syncing; [] healthy
     drift_since_ms: int | None = None
     drifted: set[Side] = field(default_factory=set)  # sides that drifted since the last repair
@@ -135,7 +136,8 @@ class Coordinator:
         self.resolvers[name] = fn
 
     def submit_map(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Validate a map against the apps and their schemas, then (re)build its pipeline."""
+        """Validate a map against the apps and their schemas, then (re)build its pipeline.
+        Answers ``{"spec", "warnings"}``."""
         emap = EntityMap.model_validate(spec)
         urls = self.registry.urls()
         emap.check_apps(urls)
@@ -147,22 +149,25 @@ class Coordinator:
                     resolver(name)
                 except LookupError as exc:
                     raise MapError(emap.name, "conflict.resolver", str(exc)) from None
-        self._install(emap, urls)
+        warnings = self._install(emap, urls)
         spec = emap.model_dump(mode="json")
         with self._lock:
             known = self.registry.maps().get(emap.name)
             if known is not None and known[0] == spec and emap.name in self.pipelines:
-                return spec
+                self.pipelines[emap.name].warnings = warnings
+                return {"spec": spec, "warnings": warnings}
             mode = Mode(known[1]) if known else Mode.PAUSE
             self.registry.put_map(emap.name, spec, mode.value)
             if emap.name in self.pipelines:
                 self._teardown(self.pipelines.pop(emap.name))
             pipeline = self._build(emap.name, spec, mode)
+            pipeline.warnings = warnings
         ray_api.get([ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S)
-        return spec
+        return {"spec": spec, "warnings": warnings}
 
-    def _install(self, emap: EntityMap, urls: dict[str, str]) -> None:
-        """Check ``emap`` against both apps' schemas and install its change capture."""
+    def _install(self, emap: EntityMap, urls: dict[str, str]) -> list[str]:
+        """Check ``emap`` against both apps' schemas and install its change capture; the
+        warnings (key columns that compare differently on the two sides)."""
         connectors = [open_connector(emap.side(s).app, urls[emap.side(s).app]) for s in Side]
         try:
             schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
@@ -172,6 +177,7 @@ class Coordinator:
             cmap = emap.compile(self.resolvers)
             for side in Side:
                 connectors[side].prepare(cmap.capture(side))
+            return key_warnings(emap, schemas[0], schemas[1])
         finally:
             for connector in connectors:
                 connector.close()
@@ -253,6 +259,7 @@ class Coordinator:
                 "sides": sides,
                 "unavailable": sum(1 for s in [*readers, *parts, *writers] if s is None),
                 "problems": list(p.problems[-5:]),
+                "warnings": list(p.warnings),
                 "health": {
                     "state": "drift" if p.drift else "ok",
                     "problems": [

@@ -18,7 +18,14 @@ from engine.errors import (
     WorkerLost,
 )
 from engine.ids import Direction, Mode
-from engine.maps import ConflictSpec, EntityMap, FieldMap, SideSpec, load_map
+from engine.maps import (
+    ConflictSpec,
+    EntityMap,
+    FieldMap,
+    KeyComparisonWarning,
+    SideSpec,
+    load_map,
+)
 from engine.verify import VerifyReport
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "EngineError",
     "EntityMap",
     "FieldMap",
+    "KeyComparisonWarning",
     "MapError",
     "Mode",
     "RecordError",

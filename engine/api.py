@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +27,7 @@ from typing import Any
 from conflict import DEFAULT_TOLERANCE_MS, Resolver, UnknownPolicy, resolver
 from engine.errors import EngineError, SyncTimeout
 from engine.ids import Mode
-from engine.maps import EntityMap, load_map
+from engine.maps import EntityMap, KeyComparisonWarning, load_map
 from engine.pipeline import DEFAULT_CACHE_RECORDS
 from engine.verify import VerifyReport
 
@@ -137,7 +138,9 @@ class SyncEngine:
     def submit_map(self, source: str | Path | Mapping[str, Any] | EntityMap) -> EntityMap:
         """Validate and install a map (a file path, a dict or an `EntityMap`).
 
-        A new map starts paused; resubmitting a changed map keeps its mode and state. A
+        A new map starts paused; resubmitting a changed map keeps its mode and state. A key
+        column that compares differently on the two sides (case, trailing spaces) is a
+        `KeyComparisonWarning`, also listed in `status()` (``warnings``). A
         custom resolver the map names is taken from `register_resolver` (this process) or
         `SyncEngine.register_resolver`.
         """
@@ -150,7 +153,9 @@ class SyncEngine:
                 pass  # registered with the engine, or refused by it with a clear error
             else:
                 self._call("add_resolver", name, fn)
-        self._call("submit_map", emap.model_dump(mode="json"))
+        answer = self._call("submit_map", emap.model_dump(mode="json"))
+        for message in answer["warnings"]:
+            warnings.warn(message, KeyComparisonWarning, stacklevel=2)
         return emap
 
     def play(self, name: str) -> None:

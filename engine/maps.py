@@ -29,9 +29,11 @@ __all__ = [
     "ConflictSpec",
     "EntityMap",
     "FieldMap",
+    "KeyComparisonWarning",
     "SideSpec",
     "check_schema",
     "check_types",
+    "key_warnings",
     "load_map",
 ]
 
@@ -333,6 +335,40 @@ def check_types(emap: EntityMap, left: EntitySchema | None, right: EntitySchema 
                 raise SchemaError(
                     emap.name, fm.left, f"values of {where[src]} do not fit {where[src.other]}"
                 )
+
+
+class KeyComparisonWarning(UserWarning):
+    """A map's key column compares differently on its two sides (see `key_warnings`)."""
+
+
+def key_warnings(
+    emap: EntityMap, left: EntitySchema | None, right: EntitySchema | None
+) -> list[str]:
+    """One message per key field whose columns compare differently on the two sides (one
+    ignores case or trailing spaces, the other does not): keys one side holds apart are one
+    key on the other. The map is accepted; records whose keys collide under the target's
+    rules become row-level errors there, naming both keys."""
+    if left is None or right is None:
+        return []
+    schemas = (left, right)
+    out = []
+    for i in emap.compile().key:
+        fm = emap.fields[i]
+        names = (fm.left, fm.right)
+        found = [schemas[s].columns.get(names[s]) for s in Side]
+        rules = [c.compare if c is not None else None for c in found]
+        if rules[0] == rules[1]:
+            continue
+        where = [
+            f"{emap.side(s).app}.{emap.side(s).entity}.{names[s]} {rules[s] or 'compares exactly'}"
+            for s in Side
+        ]
+        out.append(
+            f"map {emap.name!r}, key field {fm.left!r}: {where[0]}, but {where[1]}; records"
+            " whose keys collide under a side's rules are refused there (row errors naming"
+            " both keys)"
+        )
+    return out
 
 
 def load_map(source: str | Path | Mapping[str, Any] | EntityMap) -> EntityMap:

@@ -44,6 +44,7 @@ ENGINE_API = [
     "EngineError",
     "EntityMap",
     "FieldMap",
+    "KeyComparisonWarning",
     "MapError",
     "Mode",
     "RecordError",

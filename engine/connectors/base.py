@@ -108,6 +108,9 @@ class Column(NamedTuple):
     type: str
     nullable: bool
     has_default: bool
+    compare: str | None = None
+    """What the application's comparison of the column's values ignores (case, trailing
+    spaces...; `engine.connectors.keyrules`), or None: values compare exactly."""
 
 
 @dataclass(frozen=True)

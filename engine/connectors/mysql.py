@@ -110,6 +110,7 @@ from engine.connectors.base import (
     WriteResult,
     unpack_failures,
 )
+from engine.connectors.keyrules import mysql_rule
 from engine.connectors.mysql_sql import (
     PACKET,
     RECEIPTS,
@@ -382,7 +383,9 @@ class MysqlConnector(Connector):
         if table is None:
             return None
         columns = {
-            i.name: Column(i.name, i.type, i.nullable, i.has_default)
+            i.name: Column(
+                i.name, i.type, i.nullable, i.has_default, mysql_rule(i.collation, i.data_type)
+            )
             for i in table.columns.values()
         }
         unique: list[tuple[str, ...]] = []

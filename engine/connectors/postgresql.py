@@ -96,7 +96,9 @@ from engine.connectors.base import (
     pack_failures,
     unpack_failures,
 )
+from engine.connectors.keyrules import postgresql_rule
 from engine.connectors.postgresql_sql import (
+    COLLATIONS_SQL,
     COLUMNS_SQL,
     CONSTRAINT_COLUMNS_SQL,
     RECEIPTS,
@@ -232,10 +234,20 @@ class PostgresConnector(Connector):
     def describe(self, entity: str) -> EntitySchema | None:
         with self._lock, self._guard(entity, "describe"):
             table = self._table(entity, fresh=True)
-        if table is None:
-            return None
+            if table is None:
+                return None
+            collations = {
+                name: (coll, deterministic)
+                for name, coll, deterministic in self._conn().execute(COLLATIONS_SQL, (table.oid,))
+            }
         columns = {
-            c.name: Column(c.name, c.declared, c.nullable, c.has_default)
+            c.name: Column(
+                c.name,
+                c.declared,
+                c.nullable,
+                c.has_default,
+                postgresql_rule(c.base, *collations.get(c.name, (None, True))),
+            )
             for c in table.columns.values()
         }
         return EntitySchema(entity, columns, table.unique)

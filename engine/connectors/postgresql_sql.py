@@ -77,6 +77,9 @@ COLUMNS_SQL = """SELECT a.attname, format_type(a.atttypid, a.atttypmod), b.typna
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"""
+COLLATIONS_SQL = """SELECT a.attname, c.collname, c.collisdeterministic FROM pg_attribute a
+JOIN pg_collation c ON c.oid = a.attcollation
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"""
 # Keys an upsert can name: no expression, no predicate, not deferrable; the primary key first.
 UNIQUE_SQL = """SELECT array(SELECT a.attname
     FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(num, ord)

@@ -61,6 +61,7 @@ from engine.connectors.base import (
     pack_failures,
     unpack_failures,
 )
+from engine.connectors.keyrules import sqlite_rule
 from engine.connectors.sqlite_types import READ, WRITE, canonical_of
 from engine.errors import AppError, ConnectorError
 from engine.values import Convert, lenient
@@ -193,10 +194,19 @@ class SqliteConnector(Connector):
                 f"PRAGMA index_list({q(entity)})"
             ):
                 if is_unique and not partial:
-                    cols = tuple(r[2] for r in con.execute(f"PRAGMA index_info({q(index)})"))
+                    info = [
+                        (r[2], r[4])
+                        for r in con.execute(f"PRAGMA index_xinfo({q(index)})")
+                        if r[5]  # a key column, not the rowid the index carries
+                    ]
+                    cols = tuple(name for name, _ in info)
                     # an index on an expression names no column: it cannot key an upsert
                     if cols and None not in cols and cols not in unique:
                         unique.append(cols)
+                    for name, coll in info:  # the index's collation decides what collides
+                        rule = sqlite_rule(coll)
+                        if name in columns and rule and columns[name].compare is None:
+                            columns[name] = columns[name]._replace(compare=rule)
             return EntitySchema(entity, columns, tuple(unique))
 
         with self._lock:
