@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from engine import KeyComparisonWarning
-from engine.connectors import open_connector
+from engine.connectors import Capture, WriteOp, open_connector
 
-from conftest import CUSTOMERS, Apps, connect
+from conftest import CUSTOMERS, Apps, connect, wait_until
 from harness_mysql import MysqlHarness
 from harness_postgresql import PostgresHarness
 
@@ -105,3 +105,90 @@ def test_a_map_whose_keys_compare_alike_has_no_warning(engine: Any, apps: Apps) 
         engine.add_app(name, url)
     engine.submit_map(CUSTOMERS)  # warnings are errors in this suite: none may be raised
     assert engine.status()["customers"]["warnings"] == []
+
+
+# -- collisions under the target's rules are row errors -----------------------------------------
+
+
+def nocase_app(tmp_path: Path) -> tuple[Any, Any, Any]:
+    path = tmp_path / "crm.db"
+    con = connect(path)
+    con.execute("CREATE TABLE accounts (k TEXT PRIMARY KEY COLLATE NOCASE, name TEXT)")
+    connector = open_connector("crm", f"sqlite:///{path}")
+    capture = Capture("m_R", "accounts", ("k", "name"), ("k",))
+    connector.prepare(capture)
+    return con, connector, capture
+
+
+def test_sqlite_refuses_keys_that_collide_under_nocase_naming_both(tmp_path: Path) -> None:
+    con, connector, capture = nocase_app(tmp_path)
+    result = connector.apply(
+        capture,
+        [WriteOp("I", ("abc",), {1: "lower"}), WriteOp("I", ("ABC",), {1: "upper"})],
+    )
+    [failure] = result.failures
+    assert failure.row == 1 and failure.column == "k"
+    assert "key 'ABC' collides with 'abc' (another record of the same batch)" in failure.message
+    assert "ignores ASCII case (COLLATE NOCASE)" in failure.message
+    assert con.execute("SELECT k, name FROM accounts").fetchall() == [("abc", "lower")]
+
+    # Against a record the table holds: an upsert, an update and a delete of 'Abc' would
+    # all land on 'abc'; each is refused and 'abc' is left alone.
+    result = connector.apply(
+        capture,
+        [
+            WriteOp("I", ("Abc",), {1: "x"}),
+            WriteOp("U", ("aBc",), {1: "y"}),
+            WriteOp("D", ("ABC",), {}),
+            WriteOp("I", ("other",), {1: "fine"}),
+        ],
+    )
+    assert [f.row for f in result.failures] == [0, 1, 2]
+    assert all("(a record it holds)" in f.message for f in result.failures)
+    assert dict(con.execute("SELECT k, name FROM accounts").fetchall()) == {
+        "abc": "lower",
+        "other": "fine",
+    }
+    # The record itself is still written by its own key, and may be renamed to another case.
+    assert connector.apply(capture, [WriteOp("U", ("abc",), {1: "again"})]).failures == []
+    moved = connector.apply(capture, [WriteOp("M", ("ABC",), {0: "ABC", 1: "moved"}, ("abc",))])
+    assert moved.failures == []
+    assert dict(con.execute("SELECT k, name FROM accounts").fetchall()) == {
+        "ABC": "moved",
+        "other": "fine",
+    }
+    connector.close()
+
+
+@pytest.mark.ray
+def test_records_whose_keys_collide_in_the_target_become_row_errors_not_merges(
+    engine: Any, tmp_path: Path
+) -> None:
+    apps = Apps(
+        tmp_path,
+        crm_schema=(
+            "CREATE TABLE accounts (account_number TEXT PRIMARY KEY COLLATE NOCASE, name TEXT,"
+            " credit_limit REAL, telephone TEXT)"
+        ),
+    )
+    apps.finance.executemany(
+        "INSERT INTO customers VALUES (?, ?, NULL, NULL)",
+        [("abc", "lower"), ("ABC", "upper"), ("x", "plain")],
+    )
+    for name, url in apps.urls.items():
+        engine.add_app(name, url)
+    with pytest.warns(KeyComparisonWarning):
+        engine.submit_map(CUSTOMERS)
+    engine.play("customers")
+    wait_until(lambda: engine.errors("customers"), 60, "the collision to be logged")
+    engine.wait_idle(timeout=60)
+    crm = dict(apps.crm.execute("SELECT account_number, name FROM accounts").fetchall())
+    assert crm in ({"abc": "lower", "x": "plain"}, {"ABC": "upper", "x": "plain"})
+    [error] = engine.errors("customers")
+    assert error["kind"] == "write" and error["app"] == "crm"
+    refused = error["key"][0]
+    assert refused in ("abc", "ABC") and refused not in crm
+    assert "collides with" in error["message"]
+    assert error["payload"]["values"]["name"] in ("lower", "upper")
+    report = engine.verify("customers")
+    assert report.only_left == [(refused,)]

@@ -133,6 +133,7 @@ class SqliteConnector(Connector):
             raise AppError(app, f"directory {self.path.parent} of {url!r} does not exist")
         self._lock = threading.RLock()
         self._con = self._guard(None, "open", lambda: connect(self.path))
+        self._collations: dict[str, list[tuple[str, str]]] = {}  # per capture, see _key_collations
         # per capture: (read conversions, write conversions) by column, None where none
         self._codecs: dict[str, tuple[list[Convert | None], list[Convert | None]]] = {}
 
@@ -571,6 +572,7 @@ class SqliteConnector(Connector):
         found_before = len(failures)
         position = 0
         moves = any(kind == "M" for kind, _, _ in groups)
+        collations = self._key_collations(capture)
 
         def run(one_by_one: bool) -> None:
             nonlocal position
@@ -594,7 +596,17 @@ class SqliteConnector(Connector):
                 # exactly where our write lands in the application's history.
                 position = _head(con, capture)
                 con.execute(f"UPDATE {SESSION} SET writing = 1 WHERE name = ?", (capture.name,))
+                taken = {f.row for f in failures}
+                if collations:
+                    clashes = _collisions(con, capture, ops, taken, collations, self.app)
+                    failures.extend(clashes)
+                    taken |= {f.row for f in clashes}
                 for sql, indexes, params in statements:
+                    if taken & set(indexes):
+                        kept = [
+                            (i, p) for i, p in zip(indexes, params, strict=True) if i not in taken
+                        ]
+                        indexes, params = [i for i, _ in kept], [p for _, p in kept]
                     if not one_by_one:
                         con.executemany(sql, params)
                         continue
@@ -630,6 +642,22 @@ class SqliteConnector(Connector):
                     self.app, capture.entity, f"writing a batch failed: {exc}"
                 ) from exc
         return WriteResult(sorted(failures), position)
+
+    def _key_collations(self, capture: Capture) -> list[tuple[str, str]]:
+        """(collation, rule) per key column when one compares loosely (NOCASE, RTRIM), else
+        []: then keys that collide under it are refused (see `_collisions`). Cached."""
+        found = self._collations.get(capture.name)
+        if found is None:
+            schema = self.describe(capture.entity)
+            rules = [schema.columns[k].compare if schema and k in schema.columns else None
+                     for k in capture.key]  # fmt: skip
+            found = []
+            if any(rules):
+                for rule in rules:
+                    name = "NOCASE" if rule and "NOCASE" in rule else "RTRIM" if rule else "BINARY"
+                    found.append((name, rule or "compares exactly"))
+            self._collations[capture.name] = found
+        return found
 
     def last_receipt(self, capture: Capture, writer: str) -> WriteReceipt | None:
         def run() -> WriteReceipt | None:
@@ -717,3 +745,73 @@ def _column_of(message: str, capture: Capture) -> str | None:
         if re.search(rf"\b{re.escape(col)}\b", message):
             return col
     return None
+
+
+def _collisions(
+    con: sqlite3.Connection,
+    capture: Capture,
+    ops: Sequence[WriteOp],
+    skip: set[int],
+    collations: list[tuple[str, str]],
+    app: str,
+) -> list[WriteFailure]:
+    """The ops of a batch whose key the table's collation takes for another record's: one
+    the table holds (that is not deleted or moved away in the batch), or an earlier op's of
+    the batch. Asked of SQLite itself, in the write transaction."""
+    key = capture.key
+    rows = [(i, *op.key) for i, op in enumerate(ops) if i not in skip]
+    if not rows:
+        return []
+    going = {op.key for op in ops if op.op == "D"} | {op.old for op in ops if op.op == "M"}
+    names = ", ".join(q(f"k{n}") for n in range(len(key)))
+    out: list[WriteFailure] = []
+    clashed: set[int] = set()
+
+    def why(i: int, other: tuple[Any, ...], whose: str) -> WriteFailure:
+        rules = "; ".join(f"{k} {rule}" for k, (_, rule) in zip(key, collations, strict=True))
+        mine = ops[i].key
+        shown_key = mine[0] if len(mine) == 1 else mine
+        shown_other = other[0] if len(other) == 1 else other
+        return WriteFailure(
+            i,
+            key[0],
+            f"key {shown_key!r} collides with {shown_other!r} ({whose}) in {app}.{capture.entity}:"
+            f" {rules}; the other application holds them apart, so the record is not written"
+            " here",
+        )
+
+    for lo in range(0, len(rows), 300):
+        chunk = rows[lo : lo + 300]
+        values = ", ".join("(" + ", ".join("?" * (1 + len(key))) + ")" for _ in chunk)
+        params = [v for row in chunk for v in row]
+        on = " AND ".join(
+            f"t.{q(k)} = v.{q(f'k{n}')} COLLATE {coll}"
+            for n, (k, (coll, _)) in enumerate(zip(key, collations, strict=True))
+        )
+        found = con.execute(
+            f"WITH v(i, {names}) AS (VALUES {values})"
+            f" SELECT v.i, {', '.join(f't.{q(k)}' for k in key)} FROM v"
+            f" JOIN {q(capture.entity)} t ON {on}",
+            params,
+        ).fetchall()
+        for i, *stored in found:
+            held = tuple(stored)
+            if held != ops[i].key and held not in going and i not in clashed:
+                clashed.add(i)
+                out.append(why(i, held, "a record it holds"))
+    # Two records of the batch: a later one colliding with an earlier one is refused.
+    targets = [row for row in rows if ops[row[0]].op != "D" and row[0] not in clashed]
+    if len(targets) > 1:
+        values = ", ".join("(" + ", ".join("?" * (1 + len(key))) + ")" for _ in targets)
+        by = ", ".join(f"{q(f'k{n}')} COLLATE {coll}" for n, (coll, _) in enumerate(collations))
+        groups = con.execute(
+            f"WITH v(i, {names}) AS (VALUES {values})"
+            f" SELECT group_concat(i) FROM v GROUP BY {by} HAVING count(*) > 1",
+            [v for row in targets for v in row],
+        ).fetchall()
+        for (members,) in groups:
+            first, *later = sorted(int(m) for m in members.split(","))
+            for i in later:
+                clashed.add(i)
+                out.append(why(i, ops[first].key, "another record of the same batch"))
+    return out
