@@ -192,3 +192,89 @@ def test_records_whose_keys_collide_in_the_target_become_row_errors_not_merges(
     assert error["payload"]["values"]["name"] in ("lower", "upper")
     report = engine.verify("customers")
     assert report.only_left == [(refused,)]
+
+
+def test_mariadb_refuses_keys_that_collide_under_its_collation_naming_both(
+    tmp_path: Path,
+) -> None:
+    maria = MysqlHarness(tmp_path)
+    try:
+        maria.db.execute(
+            "CREATE TABLE accounts (k VARCHAR(20) COLLATE utf8mb4_general_ci PRIMARY KEY,"
+            " name VARCHAR(20))"
+        )
+        connector = open_connector("crm", maria.url)
+        capture = Capture("m_R", "accounts", ("k", "name"), ("k",))
+        connector.prepare(capture)
+        try:
+            result = connector.apply(
+                capture,
+                [
+                    WriteOp("I", ("abc",), {1: "lower"}),
+                    WriteOp("I", ("ABC",), {1: "upper"}),
+                    WriteOp("I", ("sp",), {1: "bare"}),
+                    WriteOp("I", ("sp ",), {1: "padded"}),
+                    WriteOp("I", ("é",), {1: "accent"}),
+                    WriteOp("I", ("e",), {1: "plain"}),
+                ],
+            )
+            assert [f.row for f in result.failures] == [1, 3, 5]
+            assert "key 'ABC' collides with 'abc' (another record of the same batch)" in (
+                result.failures[0].message
+            )
+            assert "utf8mb4_general_ci" in result.failures[0].message
+            rows = dict(maria.db.execute("SELECT k, name FROM accounts"))
+            assert rows == {"abc": "lower", "sp": "bare", "é": "accent"}
+            result = connector.apply(
+                capture,
+                [
+                    WriteOp("U", ("ABC",), {1: "x"}),
+                    WriteOp("D", ("SP",), {}),
+                    WriteOp("I", ("E",), {1: "y"}),
+                ],
+            )
+            assert [f.row for f in result.failures] == [0, 1, 2]
+            assert all("(a record it holds)" in f.message for f in result.failures)
+            assert dict(maria.db.execute("SELECT k, name FROM accounts")) == rows
+            moved = connector.apply(
+                capture, [WriteOp("M", ("ABC",), {0: "ABC", 1: "moved"}, ("abc",))]
+            )
+            assert moved.failures == []
+            assert ("ABC", "moved") in maria.db.execute("SELECT k, name FROM accounts")
+        finally:
+            connector.close()
+    finally:
+        maria.close()
+
+
+@pytest.mark.ray
+def test_sqlite_keys_differing_in_case_and_padding_into_mariadb_are_errors_not_merges(
+    engine: Any, tmp_path: Path
+) -> None:
+    apps = Apps(tmp_path)
+    apps.finance.executemany(
+        "INSERT INTO customers VALUES (?, ?, NULL, NULL)",
+        [("abc", "a1"), ("ABC", "a2"), ("sp", "s1"), ("sp ", "s2"), ("z", "z1")],
+    )
+    maria = MysqlHarness(tmp_path)
+    try:
+        maria.db.execute(
+            "CREATE TABLE accounts (account_number VARCHAR(20) PRIMARY KEY, name VARCHAR(100),"
+            " credit_limit DOUBLE, telephone VARCHAR(40))"
+        )  # the server's default collation: utf8mb4_general_ci, PAD SPACE
+        engine.add_app("finance", apps.urls["finance"])
+        engine.add_app("crm", maria.url)
+        with pytest.warns(KeyComparisonWarning, match="utf8mb4_general_ci"):
+            engine.submit_map(CUSTOMERS)
+        engine.play("customers")
+        wait_until(lambda: len(engine.errors("customers")) >= 2, 60, "both collisions")
+        engine.wait_idle(timeout=60)
+        crm = {r[0] for r in maria.db.execute("SELECT account_number FROM accounts")}
+        assert len(crm) == 3 and "z" in crm
+        errors = engine.errors("customers")
+        refused = {e["key"][0] for e in errors}
+        assert len(errors) == 2 and refused == {"abc", "ABC", "sp", "sp "} - crm
+        assert all("collides with" in e["message"] and e["app"] == "crm" for e in errors)
+        assert engine.status()["customers"]["errors"] == 2
+    finally:
+        maria.close()

@@ -791,6 +791,7 @@ class MysqlConnector(Connector):
         bisect: bool,
         receipt: Receipt | None,
         refused: Sequence[WriteFailure] = (),
+        clashes: ClashCheck | None = None,
     ) -> tuple[int, list[WriteFailure]]:
         """One transaction: the batch's groups (bisected when ``bisect``), then the receipt
         with every refused record (``refused`` before sending and those the server refused)
@@ -813,11 +814,18 @@ class MysqlConnector(Connector):
             position = self._position(capture, rows)
             if not together:
                 await _many(cur, batch.locks)
+            taken: set[int] = set()
+            if clashes is not None:  # keys the table's collation takes for another record's
+                failures += await clashes.run(cur)
+                taken = {f.row for f in failures}
             for group in batch.groups:
+                sel = [j for j, row in enumerate(group.rows) if row not in taken]
+                if not sel:
+                    continue
                 if bisect:
-                    await self._bisect(cur, capture, group, range(len(group.rows)), failures)
+                    await self._bisect(cur, capture, group, sel, failures)
                 else:
-                    await group.run(cur, range(len(group.rows)))
+                    await group.run(cur, sel)
             record = ""
             if receipt is not None:  # every refused record is known by now
                 refusals = sorted([*refused, *failures])
@@ -867,6 +875,7 @@ class MysqlConnector(Connector):
         plan = self._plan(capture)
         refused: list[WriteFailure] = []
         batch = _groups(capture, plan, ops, refused, self._alias)
+        clashes = _clash_check(capture, plan, ops, {f.row for f in refused}, self.app)
         bisect = False
         attempt, deadline = 0, time.monotonic() + RETRY_BUDGET_S
         while True:
@@ -880,6 +889,7 @@ class MysqlConnector(Connector):
                         bisect=bisect,
                         receipt=receipt,
                         refused=refused,
+                        clashes=clashes,
                     )
                 )
             except asyncmy.errors.MySQLError as exc:
@@ -901,3 +911,100 @@ class MysqlConnector(Connector):
                     self.app, capture.entity, f"writing a batch failed: {_problem(exc)}"
                 ) from exc
             return WriteResult(sorted(refused + failures), position)
+
+
+class ClashCheck(NamedTuple):
+    """The queries that find a batch's keys colliding under the key columns' collation
+    (see `_clash_check`), run inside the write transaction."""
+
+    stored: list[str]  # per chunk: SELECT v.i, <stored key> FROM (<batch keys>) v JOIN t
+    grouped: str  # SELECT GROUP_CONCAT(i) FROM (<target keys>) v GROUP BY <keys COLLATE>
+    keys: dict[int, tuple[Any, ...]]
+    going: set[tuple[Any, ...]]  # keys deleted or moved away in the batch
+    describe: str
+    where: str
+    column: str
+
+    async def run(self, cur: Cursor) -> list[WriteFailure]:
+        out: list[WriteFailure] = []
+        clashed: set[int] = set()
+
+        def why(i: int, other: tuple[Any, ...], whose: str) -> WriteFailure:
+            mine = self.keys[i]
+            a = mine[0] if len(mine) == 1 else mine
+            b = other[0] if len(other) == 1 else other
+            return WriteFailure(
+                i,
+                self.column,
+                f"key {a!r} collides with {b!r} ({whose}) in {self.where}: {self.describe};"
+                " the other application holds them apart, so the record is not written here",
+            )
+
+        for sql in self.stored:
+            for i, *held in await _rows(cur, sql):
+                found = tuple(held)
+                if found != self.keys[i] and found not in self.going and i not in clashed:
+                    clashed.add(i)
+                    out.append(why(i, found, "a record it holds"))
+        if self.grouped:
+            for (members,) in await _rows(cur, self.grouped):
+                first, *later = sorted(int(m) for m in str(members).split(","))
+                for i in later:
+                    if i not in clashed:
+                        clashed.add(i)
+                        out.append(why(i, self.keys[first], "another record of the same batch"))
+        return out
+
+
+def _clash_check(
+    capture: Capture, plan: Plan, ops: Sequence[WriteOp], skip: set[int], app: str
+) -> ClashCheck | None:
+    """None when the key columns compare exactly (binary or NO PAD collations, numbers);
+    else the queries of a `ClashCheck`: MariaDB itself says which keys it takes for which,
+    by the columns' own collations."""
+    info = [plan.table.columns[k] for k in capture.key]
+    rules = [mysql_rule(c.collation, c.data_type) for c in info]
+    if not any(rules) or not ops:
+        return None
+    at = capture.key_index
+    keys = {i: op.key for i, op in enumerate(ops) if i not in skip}
+    if not keys:
+        return None
+    names = [f"k{n}" for n in range(len(at))]
+
+    def select(i: int, key: tuple[Any, ...]) -> str:
+        values = ", ".join(
+            f"{lit(plan.writes[col](v))} AS {q(name)}"
+            for col, v, name in zip(at, key, names, strict=True)
+        )
+        return f"SELECT {i} AS i, {values}"
+
+    selects = [select(i, key) for i, key in keys.items()]
+    table = q(capture.entity)
+    on = " AND ".join(f"t.{q(k)} = v.{q(n)}" for k, n in zip(capture.key, names, strict=True))
+    stored = [
+        f"SELECT v.i, {', '.join(f't.{q(k)}' for k in capture.key)} FROM"
+        f" ({' UNION ALL '.join(selects[lo : lo + 500])}) v JOIN {table} t ON {on}"
+        for lo in range(0, len(selects), 500)
+    ]
+    targets = {i for i in keys if ops[i].op != "D"}
+    by = ", ".join(
+        f"v.{q(n)} COLLATE {c.collation}" if rule and c.collation else f"v.{q(n)}"
+        for n, c, rule in zip(names, info, rules, strict=True)
+    )
+    chosen = [select(i, keys[i]) for i in sorted(targets)]
+    grouped = (
+        f"SELECT GROUP_CONCAT(v.i) FROM ({' UNION ALL '.join(chosen)}) v GROUP BY {by}"
+        " HAVING COUNT(*) > 1"
+        if len(chosen) > 1
+        else ""
+    )
+    going = {op.key for op in ops if op.op == "D"} | {
+        op.old for op in ops if op.op == "M" and op.old is not None
+    }
+    describe = "; ".join(
+        f"{k} {rule or 'compares exactly'}" for k, rule in zip(capture.key, rules, strict=True)
+    )
+    return ClashCheck(
+        stored, grouped, keys, going, describe, f"{app}.{capture.entity}", capture.key[0]
+    )
