@@ -16,8 +16,9 @@ Every connector turns what its application holds into these, and back, without l
 | `uuid`      | `uuid.UUID`                           |                                         |
 
 `None` is NULL in every type, and never the same as an empty string. A value a target cannot
-hold (too long, out of range) is refused by the target as a row-level error; no connector
-truncates or rounds silently.
+hold exactly (too long, out of range, more digits than the column keeps, text it would read
+as a date its own way) is refused by the target as a row-level error naming the field; no
+connector truncates, rounds, clamps or folds silently.
 """
 
 from __future__ import annotations
@@ -116,12 +117,14 @@ def kind_of(declared: str) -> str | None:
     return None
 
 
-# (from, to): a value of the first type always fits a column of the second.
+# (from, to): a column of the second type takes values of the first (within its range and
+# precision: an integer past 2**53 into a float, say, is refused as a row-level error).
 WIDENS = frozenset({("int", "decimal"), ("int", "float"), ("bool", "int"), ("uuid", "text")})
 
 
 def carries(source: str | None, target: str | None) -> bool:
-    """Whether every value of type ``source`` fits a ``target`` column (unknown: yes)."""
+    """Whether values of type ``source`` can go to a ``target`` column (unknown: yes); one
+    past the column's range or precision is still refused, record by record."""
     return source is None or target is None or source == target or (source, target) in WIDENS
 
 

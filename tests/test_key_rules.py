@@ -278,3 +278,38 @@ def test_sqlite_keys_differing_in_case_and_padding_into_mariadb_are_errors_not_m
         assert engine.status()["customers"]["errors"] == 2
     finally:
         maria.close()
+
+
+def test_postgresql_refuses_keys_that_collide_under_citext_naming_both(tmp_path: Path) -> None:
+    pg = PostgresHarness(tmp_path)
+    try:
+        pg.db.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
+        pg.db.execute(
+            f"CREATE TABLE {pg.table('accounts')} (k public.citext PRIMARY KEY, name text)"
+        )
+        connector = open_connector("crm", pg.url)
+        capture = Capture("m_R", "accounts", ("k", "name"), ("k",))
+        connector.prepare(capture)
+        try:
+            result = connector.apply(
+                capture,
+                [WriteOp("I", ("abc",), {1: "lower"}), WriteOp("I", ("ABC",), {1: "upper"})],
+            )
+            [failure] = result.failures
+            assert failure.row == 1 and failure.column == "k"
+            assert "key 'ABC' collides with 'abc' (another record of the same batch)" in (
+                failure.message
+            )
+            assert "ignores case (citext)" in failure.message
+            result = connector.apply(
+                capture,
+                [WriteOp("U", ("aBc",), {1: "x"}), WriteOp("D", ("ABC",), {}),
+                 WriteOp("I", ("new",), {1: "fine"})],
+            )  # fmt: skip
+            assert [f.row for f in result.failures] == [0, 1]
+            rows = dict(pg.db.execute(f"SELECT k::text, name FROM {pg.table('accounts')}"))
+            assert rows == {"abc": "lower", "new": "fine"}
+        finally:
+            connector.close()
+    finally:
+        pg.close()

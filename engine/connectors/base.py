@@ -58,6 +58,7 @@ works in batches: no call is made per record on the hot path.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,17 @@ def move_problem(capture: Capture, op: WriteOp) -> str | None:
     if op.old is None or len(op.old) != len(capture.key):
         return f"a move needs the old key ({len(capture.key)} values), found {op.old!r}"
     return None
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as the message of a row failure shows what it found: text quoted (cut after
+    ``limit`` characters, with its length), dates and timestamps in ISO 8601, anything else
+    as Python prints it."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
 
 
 class Receipt(NamedTuple):

@@ -263,8 +263,11 @@ class HttpConnector(Connector):
         return tuple(read(record.get(c)) for c, read in zip(capture.columns, readers, strict=True))
 
     def _json_of(self, capture: Capture, column: int, value: Any) -> Any:
+        text_id = self.options.text_ids and column in capture.key_index
+        if text_id and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # as text: no double rounds it
         out = to_json(value)
-        if self.options.text_ids and column in capture.key_index and out is not None:
+        if text_id and out is not None:
             return str(out)
         return out
 

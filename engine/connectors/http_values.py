@@ -5,7 +5,7 @@ type (`Capture.types`) says how its JSON form reads back:
 
 | type        | JSON written                     | JSON read                                    |
 | ----------- | -------------------------------- | -------------------------------------------- |
-| `int`       | number                           | number, or a string of digits (text ids)     |
+| `int`       | number (at most 2**53 in size)   | number, or a string of digits (text ids)     |
 | `decimal`   | string, exact (``"12.50"``)      | string or number (parsed exactly, no float)  |
 | `float`     | number (no NaN nor infinities)   | number                                       |
 | `text`      | string                           | string                                       |
@@ -15,6 +15,11 @@ type (`Capture.types`) says how its JSON form reads back:
 | `json`      | the document itself              | any value but null                           |
 | `bytes`     | base64 text                      | base64 text                                  |
 | `uuid`      | text                             | text                                         |
+
+A value JSON would not carry exactly is refused (`to_json` raises ValueError, a row failure
+naming the field): NaN and infinities, an integer past 2**53 (parsers that read numbers as
+doubles, JavaScript's among them, round it: I-JSON, RFC 7493, says to send it as text), a
+lone surrogate in text (no UTF-8 form), and the same inside a `json` document.
 
 NULL is JSON null (so a `json` field cannot hold the JSON document ``null``: it is NULL). A
 field with no declared type reads as its JSON value (a number with a fraction as a float, an
@@ -42,6 +47,7 @@ from engine.values import Convert, Json, parse_timestamp, to_utc
 __all__ = ["dumps", "loads", "reader", "to_json"]
 
 _INT_TEXT = re.compile(r"-?[0-9]+")
+EXACT_INT = 2**53  # integers a double holds exactly (I-JSON, RFC 7493: beyond, send text)
 
 
 def loads(data: bytes | str) -> Any:
@@ -55,16 +61,34 @@ def dumps(value: Any) -> bytes:
 
 
 def to_json(value: Any) -> Any:
-    """The JSON form of a canonical value (by its Python type: the same for every map)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """The JSON form of a canonical value (by its Python type: the same for every map);
+    ValueError, saying what was expected and found, for a value JSON would not carry
+    exactly."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -EXACT_INT <= value <= EXACT_INT:
+            raise ValueError(
+                f"expected an integer from {-EXACT_INT} to {EXACT_INT}, found {value}: JSON"
+                " parsers that read numbers as doubles (JavaScript's) would round it"
+            )
+        return value
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"expected Unicode text, found {value!r}: it has no UTF-8 form"
+                ) from None
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"JSON has no number {value!r}")
+            raise ValueError(f"expected a finite number, found {value!r}: JSON has no other")
         return value
     if isinstance(value, Decimal):
         if not value.is_finite():
-            raise ValueError(f"JSON has no number {value!r}")
+            raise ValueError(f"expected a finite number, found {value}: JSON has no other")
         return str(value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
@@ -77,8 +101,26 @@ def to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, Json):
+        _check_document(value.value)
         return value.value
     raise ValueError(f"{type(value).__name__} value {value!r} has no JSON form")
+
+
+def _check_document(node: Any) -> None:
+    """ValueError for what a JSON document cannot carry exactly: NaN or an infinity, an
+    integer a double would round, a lone surrogate."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_document(k)
+            _check_document(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            _check_document(v)
+    elif isinstance(node, (int, float, str)) and not isinstance(node, bool):
+        try:
+            to_json(node)
+        except ValueError as exc:
+            raise ValueError(f"in the JSON document: {exc}") from None
 
 
 def plain(value: Any) -> Any:

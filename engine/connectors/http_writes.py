@@ -1,7 +1,8 @@
 """The writes of the HTTP connector (documented in `engine.connectors.http`): a batch as
 concurrent requests (deletes, then moves one by one, then updates and upserts), recorded in
 the inbox before they are sent and marked when they complete, and the app's refusals as
-`WriteFailure` naming the field its error body names.
+`WriteFailure` naming the field its error body names. A value JSON would not carry exactly
+(`http_values.to_json`) is refused before anything is sent, naming its field.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class Writes:
                     try:
                         fields[capture.columns[i]] = self._json_of(capture, i, v)
                     except ValueError as exc:
-                        failures[row] = WriteFailure(row, capture.columns[i], str(exc))
+                        name, kind = capture.columns[i], capture.type_of(i)
+                        message = f"field {name!r}{f' ({kind})' if kind else ''}: {exc}"
+                        failures[row] = WriteFailure(row, name, message)
                         break
                 if row in failures:
                     continue

@@ -8,8 +8,9 @@ that opened it, and no background thread is needed. (So a connector must not be 
 a thread that is itself running an asyncio loop.) Values are sent as literals escaped by
 asyncmy, several statements per packet where the server allows it.
 
-Session, on every connection: ``sql_mode`` = `SQL_MODE` (STRICT_ALL_TABLES: a value too long
-or out of range is an error, never truncated, whatever the server's global mode; no
+Session, on every connection: ``sql_mode`` = `SQL_MODE` (STRICT_ALL_TABLES: most values too
+long or out of range are an error, whatever the server's global mode; those it still changes
+silently are refused before sending, see Writes; no
 NO_BACKSLASH_ESCAPES, which asyncmy's escaping relies on), ``time_zone = '+00:00'`` (TIMESTAMP
 values come and go in UTC; DATETIME columns are taken to hold UTC), utf8mb4, READ COMMITTED
 (no gap locks: trimming the change table never blocks the application's inserts).
@@ -65,8 +66,9 @@ the old key updates nothing; a row at the new key is a duplicate-key failure of 
 Both keys of a move are locked with the batch's rows. A refused record (constraint, range,
 length, bad JSON...) is found by bisecting the batch within savepoints, only on that failure
 path, and reported as a `WriteFailure` naming the column the server names. Values the server
-would round silently (more decimals than the column's scale, more fractional seconds than its
-precision) are refused before sending.
+would change silently, strict mode or not (more decimals than the column's scale, a double
+past a BIGINT's range, trailing spaces past a VARCHAR's length...: see
+`engine.connectors.mysql_types`), are refused before sending, naming the column.
 
 Values (`engine.values`): TINYINT(1)/BOOLEAN and BIT(1) hold bool; DECIMAL, Decimal;
 TIMESTAMP and DATETIME, an aware UTC datetime; JSON (MySQL's type, or MariaDB's LONGTEXT with
@@ -416,7 +418,10 @@ class MysqlConnector(Connector):
                 )
 
             odku = all(set(cols) == key or harmless(cols) for cols in table.unique.values())
-            writes = [_writer(table.columns.get(c)) for c in capture.columns]
+            writes = [
+                _writer(table.columns.get(c), capture.type_of(i))
+                for i, c in enumerate(capture.columns)
+            ]
             plan = self._plans[capture.name] = Plan(table, _reads(capture, table), writes, odku)
         return plan
 

@@ -212,7 +212,9 @@ def _groups(
                 values.append(lit(writes[column](op.values[column])))
         except Refused as exc:
             name = capture.columns[column]
-            failures.append(WriteFailure(row, name, f"{name}: {exc}"))
+            info = plan.table.columns.get(name)
+            declared = f" ({info.type})" if info else ""
+            failures.append(WriteFailure(row, name, f"column {name!r}{declared}: {exc}"))
             continue
         where = match(key)
         wheres.append(f"(SELECT 1 FROM {table} WHERE {where} FOR UPDATE)")

@@ -8,13 +8,26 @@ DATETIME columns are taken to hold UTC); JSON (MariaDB's is a LONGTEXT, describe
 ``[-]HHH:MM:SS[.ffffff]``. A value that does not parse is kept as stored (`_safe`): the target
 refuses it as a row-level error.
 
-Writes (`_writer`): datetimes go as naive UTC, `Json` as its text, a uuid as its 16 bytes to a
-binary column or else as its text, anything else as itself (asyncmy spells the literal).
-STRICT_ALL_TABLES makes the server refuse a value out of range or too long; what it would
-still change silently raises `Refused` before sending: a number that is not whole for an
-integer column, more decimals than a DECIMAL's scale, more fractional digits than a
-DATETIME/TIMESTAMP/TIME keeps, a time of day for a DATE, NaN or an infinity, a value of a
-type with no SQL form.
+Writes (`_writer`): datetimes go as naive UTC, `Json` as its text, a uuid as its 16 bytes to
+a binary column or else as its text, a whole float to an integer column as an integer, a
+float to a DECIMAL as the exact decimal of its shortest text, an ISO date's text to a DATE
+as that date, anything else as itself (asyncmy spells the literal). STRICT_ALL_TABLES makes
+the server refuse most values out of range or too long, but not all (MariaDB 10.11,
+checked): it still rounds more decimals than a DECIMAL's scale (a note), drops trailing
+spaces past a VARCHAR's length or a TEXT's bytes (a note), rounds a double with a fraction
+(or its text) into an integer column or an integer past 2**53 into a DOUBLE, stores a double
+of 2**63 or more into a BIGINT as 2**63 - 1 and the text of a timestamp into a DATE as its
+date, all without an error. So a value the column would not hold exactly raises `Refused`
+before sending, as "expected ..., found ...": a number that is not whole or out of range for
+an integer column, more decimals or integer digits than a DECIMAL(p, s) takes, an integer or
+decimal a FLOAT/DOUBLE would round, NaN or an infinity, a number other than 0 or 1 for a
+bool column, text longer than a CHAR/VARCHAR(n) (or ending in a space, for a CHAR, which
+drops it) or than a TINYTEXT/TEXT/MEDIUMTEXT's bytes, bytes longer than a (VAR)BINARY(n) (or
+shorter, for a BINARY, which pads them), more fractional digits than a
+DATETIME/TIMESTAMP/TIME keeps, a time of day for a DATE, a date for a DATETIME/TIMESTAMP,
+text for a date or timestamp that is not ISO 8601, the text of a number a numeric column
+would change as it would the number, a lone surrogate in text, a JSON document holding NaN,
+a value of a type with no SQL form.
 
 Errors: `_errno` and `_problem` read a driver exception; `ROW_ERRORS` refuse one record,
 `RETRY_ERRORS` the whole transaction (tried again); `_broken` says whether the connection is
@@ -24,16 +37,19 @@ lost; `_column_of` finds the captured column a server message names.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import re
+import struct
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import asyncmy
 
-from engine.connectors.base import Capture
+from engine.connectors.base import Capture, shown
 from engine.errors import ConnectorError
-from engine.values import Convert, Json, kind_of, lenient, to_utc
+from engine.values import Convert, Json, kind_of, lenient, parse_timestamp, to_utc
 
 # Server errors that refuse one record, not the batch.
 ROW_ERRORS = frozenset({
@@ -44,6 +60,9 @@ RETRY_ERRORS = frozenset({1213})  # deadlock: InnoDB rolled the whole transactio
 DRIVER_ERRORS = (asyncmy.errors.MySQLError, OSError, TimeoutError)
 
 INT_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "year"})
+INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32, "bigint": 64}
+FLOAT_BITS = {"float": 24, "double": 53, "real": 53}  # significand bits
+TEXT_BYTES = {"tinytext": 255, "text": 65535, "mediumtext": 2**24 - 1}
 TEXT_TYPES = frozenset({
     "char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set",
 })  # fmt: skip
@@ -144,60 +163,200 @@ def _reads(capture: Capture, table: Table) -> list[Convert | None]:
     return out
 
 
-def _writer(info: Info | None) -> Convert:
+def _writer(info: Info | None, kind: str | None = None) -> Convert:
     """Turns a canonical value into what ``info``'s column is sent; raises `Refused` for a
-    value the column would not hold exactly (the server would round it silently)."""
+    value the column would not hold exactly (where the server, strict mode or not, would
+    round, clamp, truncate or fold it). ``kind``: the canonical type the map declares."""
     data_type = info.data_type if info else ""
+    declared = info.type if info else "the column"
+    column_type = info.column_type.lower() if info else ""
+    kind = kind or (kind_of(info.type) if info else None)
+    bits = INT_BITS.get(data_type)
+    if bits is None:
+        low = high = 0
+    elif "unsigned" in column_type:
+        low, high = 0, 2**bits - 1
+    else:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     integral = data_type in INT_TYPES
+    boolean = kind == "bool"
     scale = info.scale if info and data_type == "decimal" else None
+    m = re.match(r"decimal\((\d+)", column_type)
+    before = int(m.group(1)) - (scale or 0) if m and scale is not None else None
+    float_bits = FLOAT_BITS.get(data_type)
+    numeric = integral or boolean or scale is not None or float_bits is not None
+    m = re.match(r"(?:var)?(?:char|binary)\((\d+)\)", column_type)
+    length = int(m.group(1)) if m else None  # characters (char) or bytes (binary)
+    fixed = data_type in ("char", "binary")
     fraction = info.fraction if info else None
     binary = data_type in BINARY_TYPES
     is_date = data_type == "date"
+    stamps = data_type in ("datetime", "timestamp")
+    text_bytes = TEXT_BYTES.get(data_type)
+    checked_text = length is not None or text_bytes is not None or is_date or stamps or numeric
 
-    def exact(number: Decimal, shown: Any) -> None:
-        if not number.is_finite():
-            raise Refused(f"{shown} cannot be stored in {info.type if info else 'SQL'}")
-        try:
-            if integral and number != number.to_integral_value():
-                raise Refused(f"{shown} is not a whole number ({info.type if info else ''})")
-            if scale is not None and number != number.quantize(Decimal(1).scaleb(-scale)):
-                raise Refused(
-                    f"{shown} has more than {scale} decimals ({info.type if info else ''})"
-                )
-        except InvalidOperation:
-            pass  # too many digits to check here: the server refuses it as out of range
+    def refuse(expected: str, found: Any, why: str = "") -> NoReturn:
+        raise Refused(f"expected {expected}, found {found}" + (f": {why}" if why else ""))
+
+    def number(n: int | Decimal, v: Any) -> None:
+        """Refuse an exact number ``n`` (the value ``v``) the column would change."""
+        if integral:
+            if isinstance(n, Decimal) and n != n.to_integral_value():
+                refuse("a whole number", shown(v), f"{declared} would round it")
+            if bits is not None and not low <= n <= high:
+                refuse(f"an integer from {low} to {high}", shown(v), f"{declared} cannot hold it")
+        if boolean and n not in (0, 1):
+            refuse("a bool (or 0 or 1)", shown(v), f"{declared} would read it back as true")
+        if scale is not None and before is not None:
+            places, digits = _digits(Decimal(n))
+            if places > scale:
+                refuse(f"at most {scale} decimal places", shown(v), f"{declared} would round it")
+            if digits > before:
+                refuse(f"at most {before} digits before the point", shown(v), "out of range")
+        if float_bits is not None:
+            _exact_float(n, v, float_bits, declared)
+
+    def text(v: str) -> Any:
+        if length is not None and (len(v) > length or (fixed and v.endswith(" "))):
+            refuse(
+                f"at most {length} characters" + (" and no trailing space" if fixed else ""),
+                f"{len(v)}: {shown(v)}",
+                f"{declared} would drop what does not fit (spaces without an error)",
+            )
+        if text_bytes is not None and len(v) > text_bytes // 4 and len(v.encode()) > text_bytes:
+            refuse(
+                f"at most {text_bytes} bytes of UTF-8",
+                f"{len(v.encode())}: {shown(v)}",
+                f"{declared} would drop what does not fit (spaces without an error)",
+            )
+        if numeric:
+            try:
+                n = Decimal(v)
+            except InvalidOperation:
+                return v  # no number: the server refuses it
+            if n.is_finite():
+                number(n, v)  # the server reads the text as this number
+            return v
+        if is_date:
+            try:
+                day = dt.date.fromisoformat(v)
+            except ValueError:
+                day = None
+            if day is None or day.isoformat() != v:
+                refuse("a date (YYYY-MM-DD)", f"the text {shown(v)}")
+            return day
+        if stamps:
+            try:
+                stamp = parse_timestamp(v)
+            except ValueError:
+                refuse("a timestamp (ISO 8601)", f"the text {shown(v)}")
+            return write(stamp)
+        return v
 
     def write(v: Any) -> Any:
         t = type(v)
-        if v is None or t is str or t is int or t is bool or t is bytes:
+        if v is None or t is bool:
+            return v
+        if t is str:
+            if not v.isascii() and not _encodable(v):
+                refuse("Unicode text", shown(v), "it has no UTF-8 form")
+            return text(v) if checked_text else v
+        if t is int:
+            if numeric:
+                number(v, v)
+            return v
+        if t is bytes:
+            if length is not None and (len(v) > length or (fixed and len(v) < length)):
+                size = f"{length} bytes" if fixed else f"at most {length} bytes"
+                refuse(size, f"{len(v)} bytes", f"{declared} would pad or refuse it")
             return v
         if t is Json:
-            return v.dumps()
+            doc = v.dumps()
+            if ("NaN" in doc or "Infinity" in doc) and not _finite(v.value):
+                refuse("a JSON document", shown(doc), "JSON has no NaN nor infinities")
+            return doc
         if t is Decimal:
-            exact(v, v)
-            return v
+            if not v.is_finite():
+                refuse("a finite number", v, f"{declared} holds no NaN nor infinities")
+            number(v, v)
+            return int(v) if integral else v
         if t is float:
-            if integral or scale is not None:
-                exact(Decimal(repr(v)), v)
-            elif v != v or v in (float("inf"), float("-inf")):
-                raise Refused(f"{v} cannot be stored")
+            if v != v or v in (math.inf, -math.inf):
+                refuse("a finite number", v, f"{declared} holds no NaN nor infinities")
+            if integral or boolean:
+                if not v.is_integer():
+                    refuse("a whole number", v, f"{declared} would round it")
+                # NOTE: sent as an integer: MariaDB stores a double of 2**63 or more into a
+                # BIGINT as 2**63 - 1, without an error even in strict mode.
+                number(int(v), v)
+                return int(v)
+            if scale is not None:
+                exact = Decimal(repr(v))  # sent as this decimal, not as a double literal
+                number(exact, v)
+                return exact
+            if float_bits is not None:
+                _exact_float(v, v, float_bits, declared)
             return v
         if t is dt.datetime:
             u = to_utc(v).replace(tzinfo=None)
             if is_date and u.time() != dt.time(0):
-                raise Refused(f"{v.isoformat()} has a time of day; the column is a date")
+                refuse("a date", f"the timestamp {shown(v)}", f"{declared} drops its time of day")
             if fraction is not None and u.microsecond % 10 ** (6 - min(fraction, 6)):
-                raise Refused(f"{v.isoformat()} has more than {fraction} fractional digits")
+                digits = f"at most {fraction} fractional digits"
+                refuse(digits, shown(v), f"{declared} would round it")
             return u
         if t is dt.date:
+            if stamps:
+                refuse("a timestamp", f"the date {shown(v)}", f"{declared} would read a midnight")
             return v
         if t is uuid.UUID:
             return v.bytes if binary else str(v)
         if isinstance(v, (dt.timedelta, dt.time)):
             return v
-        raise Refused(f"a {t.__name__} value cannot be stored")
+        refuse("a value of a canonical type", f"a {t.__name__} value")
 
     return write
+
+
+def _digits(d: Decimal) -> tuple[int, int]:
+    """The decimal places and the digits before the point a finite ``d`` needs."""
+    _sign, digits, exponent = d.as_tuple()
+    if not any(digits) or not isinstance(exponent, int):
+        return 0, 0
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + zeros)), max(0, d.adjusted() + 1)
+
+
+def _exact_float(n: int | float | Decimal, v: Any, bits: int, declared: str) -> None:
+    """Refuse ``n`` (the value ``v``) if a float of ``bits`` significand bits rounds it."""
+    try:
+        x = float(n)
+        if bits == 24:
+            x = struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        raise Refused(f"expected a number {declared} can hold, found {shown(v)}") from None
+    if x != n:  # an int or a Decimal compares with a float exactly
+        raise Refused(
+            f"expected a number {declared} holds exactly, found {shown(v)}:"
+            f" it would round it to {Decimal(x)}"
+        )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _finite(value: Any) -> bool:
+    """Whether a JSON document holds no NaN nor infinity (which JSON text cannot spell)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _column_of(message: str, capture: Capture, table: Table | None) -> str | None:

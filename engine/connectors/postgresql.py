@@ -106,6 +106,7 @@ from engine.connectors.postgresql_sql import (
     UNIQUE_SQL,
     Names,
     Rows,
+    Statement,
     _plan,
     ident,
     lit,
@@ -176,6 +177,7 @@ class PostgresConnector(Connector):
         self._listener: Con | None = None
         self._channels: set[str] = set()
         self._tables: dict[str, Table | None] = {}
+        self._loose: dict[str, list[tuple[str, str, str]] | None] = {}  # see _loose_key
         with self._lock, self._guard(None, "connecting"):
             found = self._conn().execute(
                 "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
@@ -618,7 +620,9 @@ class PostgresConnector(Connector):
                     )
                 failures, statements = _plan(self._q(capture.entity), capture, table, ops)
                 try:
-                    position = self._write(capture, table, statements, failures, bisect, receipt)
+                    position = self._write(
+                        capture, table, statements, failures, bisect, receipt, ops
+                    )
                     return WriteResult(sorted(failures), position)
                 except psycopg.Error as exc:
                     problem = _message(exc)
@@ -637,10 +641,11 @@ class PostgresConnector(Connector):
         self,
         capture: Capture,
         table: Table,
-        statements: list[tuple[str, Rows]],
+        statements: list[Statement],
         failures: list[WriteFailure],
         bisect: bool,
         receipt: Receipt | None,
+        ops: Sequence[WriteOp] = (),
     ) -> int:
         """One transaction: the groups, then the gate, and the head there: our position
         (recorded with the receipt and ``failures``, complete by then, in the same statement,
@@ -654,14 +659,26 @@ class PostgresConnector(Connector):
             " SET number = EXCLUDED.number, position = EXCLUDED.position,"
             " failures = EXCLUDED.failures RETURNING position"
         )
-        with con.transaction(), nullcontext() if bisect else _pipeline(con):
+        loose = self._loose_key(capture)
+        with con.transaction(), nullcontext() if bisect or loose else _pipeline(con):
             cur = con.cursor()
             cur.execute("SELECT set_config(%s, %s, true)", (FLAG, capture.name))
-            for statement, rows in statements:
+            taken: set[int] = set()
+            if loose:  # keys the key column's type or collation takes for another record's
+                clashes = self._clashes(cur, capture, loose, ops, {f.row for f in failures})
+                failures += clashes
+                taken = {f.row for f in clashes}
+            for statement in statements:
+                rows = statement.rows
+                if taken:
+                    rows = [(i, params) for i, params in rows if i not in taken]
+                    if not rows:
+                        continue
+                    statement = statement._replace(rows=rows)
                 if bisect:
-                    self._bisect(cur, capture, table, statement, rows, failures)
+                    self._bisect(cur, capture, table, statement, statement.rows, failures)
                 else:
-                    cur.executemany(statement, [params for _, params in rows])
+                    cur.executemany(statement.sql, [params for _, params in statement.rows])
             # The gate last: we never wait for a row lock while holding it; once we hold it,
             # no other transaction logs a change of this capture until we commit.
             cur.execute(gate)
@@ -672,33 +689,126 @@ class PostgresConnector(Connector):
                 cur.execute(record, (capture.name, receipt.writer, receipt.number, packed))
             return _int(cur.fetchone())
 
+    def _loose_key(self, capture: Capture) -> list[tuple[str, str, str]] | None:
+        """Per key column (name, type to compare as, rule) when one compares loosely
+        (citext, character(n), a nondeterministic collation), else None. Cached."""
+        if capture.name not in self._loose:
+            schema = self.describe(capture.entity)
+            found: list[tuple[str, str, str]] | None = None
+            with self._lock, self._guard(capture.entity, "describe"):
+                table = self._table(capture.entity)
+                if schema is not None and table is not None:
+                    rules = [schema.columns[k].compare for k in capture.key]
+                    if any(rules):
+                        found = []
+                        for k, rule in zip(capture.key, rules, strict=True):
+                            collate = ""
+                            if rule and "nondeterministic collation " in rule:
+                                name = rule.rsplit("nondeterministic collation ", 1)[1]
+                                collate = f" COLLATE {q(name)}"
+                            found.append(
+                                (k, table.columns[k].declared + collate, rule or "compares exactly")
+                            )
+            self._loose[capture.name] = found
+        return self._loose[capture.name]
+
+    def _clashes(
+        self,
+        cur: psycopg.Cursor[tuple[Any, ...]],
+        capture: Capture,
+        loose: list[tuple[str, str, str]],
+        ops: Sequence[WriteOp],
+        skip: set[int],
+    ) -> list[WriteFailure]:
+        """The ops whose key PostgreSQL takes, under the key column's rules, for a record
+        the table holds (not deleted or moved away in the batch) or an earlier op's."""
+        keys = {i: op.key for i, op in enumerate(ops) if i not in skip}
+        if not keys:
+            return []
+        going = {op.key for op in ops if op.op == "D"} | {op.old for op in ops if op.op == "M"}
+        names = [f"k{n}" for n in range(len(loose))]
+        arrays = ", ".join(["%s::int[]"] + ["%s::text[]"] * len(loose))
+        source = f"unnest({arrays}) AS v(i, {', '.join(names)})"
+        cast = [f"CAST(v.{n} AS {t})" for n, (_, t, _) in zip(names, loose, strict=True)]
+        rules = "; ".join(f"{k} {rule}" for k, _, rule in loose)
+        out: list[WriteFailure] = []
+        clashed: set[int] = set()
+
+        def params(chosen: list[int]) -> list[Any]:
+            columns = [[None if keys[i][n] is None else str(keys[i][n]) for i in chosen]
+                       for n in range(len(loose))]  # fmt: skip
+            return [chosen, *columns]
+
+        def why(i: int, other: tuple[Any, ...], whose: str) -> WriteFailure:
+            a = keys[i][0] if len(keys[i]) == 1 else keys[i]
+            b = other[0] if len(other) == 1 else other
+            return WriteFailure(
+                i,
+                loose[0][0],
+                f"key {a!r} collides with {b!r} ({whose}) in {self.app}.{capture.entity}:"
+                f" {rules}; the other application holds them apart, so the record is not"
+                " written here",
+            )
+
+        on = " AND ".join(f"t.{q(k)} = {c}" for (k, _, _), c in zip(loose, cast, strict=True))
+        cur.execute(
+            f"SELECT v.i, {', '.join(f't.{q(k)}' for k, _, _ in loose)} FROM {source}"
+            f" JOIN {self._q(capture.entity)} t ON {on}",
+            params(sorted(keys)),
+        )
+        for i, *held in cur.fetchall():
+            found = tuple(held)
+            if found != keys[i] and found not in going and i not in clashed:
+                clashed.add(i)
+                out.append(why(i, found, "a record it holds"))
+        targets = [i for i in sorted(keys) if ops[i].op != "D" and i not in clashed]
+        if len(targets) > 1:
+            cur.execute(
+                f"SELECT array_agg(v.i ORDER BY v.i) FROM {source} GROUP BY {', '.join(cast)}"
+                " HAVING count(*) > 1",
+                params(targets),
+            )
+            for (members,) in cur.fetchall():
+                first, *later = members
+                for i in later:
+                    clashed.add(i)
+                    out.append(why(i, keys[first], "another record of the same batch"))
+        return out
+
     def _bisect(
         self,
         cur: psycopg.Cursor[tuple[Any, ...]],
         capture: Capture,
         table: Table,
-        statement: str,
+        statement: Statement,
         rows: Rows,
         failures: list[WriteFailure],
     ) -> None:
-        """Write ``rows`` in a savepoint; if refused, each half again, down to the records
-        refused: a few round trips per refused record, not one per record."""
+        """Write ``rows`` of ``statement`` in a savepoint; if refused, each half again, down
+        to the records refused: a few round trips per refused record, not one per record."""
         try:
             with cur.connection.transaction(), _pipeline(cur.connection):
-                cur.executemany(statement, [params for _, params in rows])
+                cur.executemany(statement.sql, [params for _, params in rows])
         except psycopg.Error as exc:
             if not _row_level(exc):
                 raise
             if len(rows) == 1:
-                column = self._column_of(exc, capture, table)
-                failures.append(WriteFailure(rows[0][0], column, _message(exc)))
+                column = self._column_of(exc, capture, table, statement.columns)
+                message = _message(exc)
+                if column is not None and column not in message:
+                    message = f"column {column!r}: {message}"
+                failures.append(WriteFailure(rows[0][0], column, message))
                 return
             half = len(rows) // 2
             self._bisect(cur, capture, table, statement, rows[:half], failures)
             self._bisect(cur, capture, table, statement, rows[half:], failures)
 
-    def _column_of(self, exc: psycopg.Error, capture: Capture, table: Table) -> str | None:
-        """The captured column PostgreSQL blames: directly, by constraint, or in its text."""
+    def _column_of(
+        self, exc: psycopg.Error, capture: Capture, table: Table, placeholders: tuple[int, ...]
+    ) -> str | None:
+        """The captured column PostgreSQL blames: directly, by constraint, in its text, or
+        by the parameter ``$n`` whose input it refused (``placeholders``: the captured column
+        of each parameter of the statement)."""
         diag = exc.diag
         if diag.column_name in capture.columns:
             return diag.column_name
@@ -717,6 +827,11 @@ class PostgresConnector(Connector):
         for name in re.findall(r'column "((?:[^"]|"")+)"', diag.message_primary or ""):
             if name in capture.columns:
                 return str(name)
+        # NOTE: a value that does not parse as its column's type (a date, a uuid, a JSON
+        # document) names no column, but the context names its parameter.
+        m = re.search(r"\bparameter \$(\d+)\b", diag.context or "")
+        if m and 0 < int(m.group(1)) <= len(placeholders):
+            return capture.columns[placeholders[int(m.group(1)) - 1]]
         return None
 
 

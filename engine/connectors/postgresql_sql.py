@@ -10,7 +10,8 @@ one statement per kind and column set: deletes first, then moves in the order gi
 (``UPDATE ... SET <key and every column> WHERE <key> = <old key>``), then updates and
 upserts; values travel as parameters, converted by `engine.connectors.postgresql_types`, and
 a record holding a value PostgreSQL would change silently is left out of the batch and
-reported as a `WriteFailure`.
+reported as a `WriteFailure`. Each `Statement` knows the captured column of each of its
+placeholders, so an error the server reports for parameter ``$n`` names its column.
 """
 
 from __future__ import annotations
@@ -94,12 +95,21 @@ WHERE a.attrelid = %(rel)s AND a.attnum = ANY(coalesce(
    WHERE i.indrelid = %(rel)s AND c.relname = %(name)s))) ORDER BY a.attnum"""
 
 
+class Statement(NamedTuple):
+    """One statement of a batch, its rows, and the captured column of each placeholder (so
+    an error naming ``$n`` names its column)."""
+
+    sql: str
+    rows: Rows
+    columns: tuple[int, ...]
+
+
 def _plan(
     qualified: str, capture: Capture, table: Table, ops: Sequence[WriteOp]
-) -> tuple[list[WriteFailure], list[tuple[str, Rows]]]:
+) -> tuple[list[WriteFailure], list[Statement]]:
     """The records refused before sending (a column that is gone, a value PostgreSQL
-    would truncate or round), and one statement per kind and column set with its rows.
-    ``qualified``: the entity's name, quoted and schema-qualified."""
+    would truncate, round or convert), and one statement per kind and column set with its
+    rows. ``qualified``: the entity's name, quoted and schema-qualified."""
     found = [table.columns.get(c) for c in capture.columns]
     writers = [_writer(c) if c else None for c in found]
     key_index = capture.key_index
@@ -107,6 +117,7 @@ def _plan(
     # (kind, columns, run) -> rows; moves keep the order given (a new run where the columns
     # change)
     groups: dict[tuple[str, tuple[int, ...], int], Rows] = {}
+    placeholders: dict[tuple[str, tuple[int, ...], int], tuple[int, ...]] = {}
     run, last_move = 0, None
     for index, op in enumerate(ops):
         if op.op == "M":
@@ -136,18 +147,22 @@ def _plan(
                 writer(value) if writer else (None, f"no such column in {capture.entity!r}")
             )
             if problem:
-                failures.append(WriteFailure(index, column, f"column {column!r}: {problem}"))
+                declared = f" ({c.declared})" if (c := found[i]) else ""
+                failures.append(
+                    WriteFailure(index, column, f"column {column!r}{declared}: {problem}")
+                )
                 break
             params.append(converted)
         else:
             group = (op.op, cols, run if op.op == "M" else 0)
             groups.setdefault(group, []).append((index, tuple(params)))
+            placeholders.setdefault(group, tuple(i for i, _ in pairs))
     # deletes first (they free unique values for the rest), then moves (they free their old
     # keys for the inserts), updates, upserts; sorted() is stable: moves keep their order
     order = {**OP_ORDER, "I": OP_ORDER["I"] + 1}
     return failures, [
-        (_write_sql(qualified, capture, kind, cols), rows)
-        for (kind, cols, _), rows in sorted(groups.items(), key=lambda g: order.get(g[0][0], 9))
+        Statement(_write_sql(qualified, capture, group[0], group[1]), rows, placeholders[group])
+        for group, rows in sorted(groups.items(), key=lambda g: order.get(g[0][0], 9))
     ]
 
 

@@ -22,7 +22,10 @@ on connections that turn them on (``PRAGMA foreign_keys``, off by default), so a
 holding moves is written with them on: ON UPDATE CASCADE foreign keys follow, and a write
 the declared foreign keys forbid (a parent with children and no ON UPDATE action) is a
 failure of that record. Other batches keep the connection's setting (off). A refused record
-is found by writing the batch again record by record, only on that failure path.
+is found by writing the batch again record by record, only on that failure path (a value
+the driver cannot bind, such as an integer past 64 bits, is named by its column). A value
+SQLite would store changed (NaN as NULL, a decimal rounded to a double...: see
+`engine.connectors.sqlite_types.writer`) is refused before writing, naming its column.
 
 Receipts: the table ``_ds_receipts (capture, writer, number, position, failures)``, keyed by
 (capture, writer), in the application's file next to the change tables (created by
@@ -59,10 +62,11 @@ from engine.connectors.base import (
     WriteResult,
     move_problem,
     pack_failures,
+    shown,
     unpack_failures,
 )
 from engine.connectors.keyrules import sqlite_rule
-from engine.connectors.sqlite_types import READ, WRITE, canonical_of
+from engine.connectors.sqlite_types import READ, Refused, canonical_of, writer
 from engine.errors import AppError, ConnectorError
 from engine.values import Convert, lenient
 
@@ -113,7 +117,8 @@ ROW_ERRORS = (
     sqlite3.DataError,
     sqlite3.InterfaceError,
     sqlite3.ProgrammingError,
-    OverflowError,
+    OverflowError,  # an integer past 64 bits
+    UnicodeEncodeError,  # a lone surrogate in text
 )
 
 _COLUMN_IN_ERROR = (
@@ -134,8 +139,9 @@ class SqliteConnector(Connector):
         self._lock = threading.RLock()
         self._con = self._guard(None, "open", lambda: connect(self.path))
         self._collations: dict[str, list[tuple[str, str]]] = {}  # per capture, see _key_collations
-        # per capture: (read conversions, write conversions) by column, None where none
-        self._codecs: dict[str, tuple[list[Convert | None], list[Convert | None]]] = {}
+        # per capture: (read conversions, write conversions) by column, None where none,
+        # and the declared types (for messages)
+        self._codecs: dict[str, tuple[list[Convert | None], list[Convert | None], list[str]]] = {}
 
     @classmethod
     def check(cls, app: str, url: str) -> None:
@@ -213,21 +219,26 @@ class SqliteConnector(Connector):
         with self._lock:
             return self._guard(entity, "describe", run)  # type: ignore[no-any-return]
 
-    def _codec(self, capture: Capture) -> tuple[list[Convert | None], list[Convert | None]]:
-        """How each captured column's values become canonical and back (cached)."""
+    def _codec(
+        self, capture: Capture
+    ) -> tuple[list[Convert | None], list[Convert | None], list[str]]:
+        """How each captured column's values become canonical and back (cached; the writes
+        raise `Refused` for a value the column would change), and its declared type."""
         codec = self._codecs.get(capture.name)
         if codec is None:
             schema = self.describe(capture.entity)
             reads: list[Convert | None] = []
             writes: list[Convert | None] = []
+            types: list[str] = []
             columns = schema.columns if schema else {}
             for i, column in enumerate(capture.columns):
                 declared = columns[column].type if column in columns else ""
                 kind = capture.type_of(i) or canonical_of(declared)
                 read = READ.get(kind or "")
                 reads.append(lenient(read) if read else None)
-                writes.append(WRITE.get(kind or ""))
-            codec = self._codecs[capture.name] = (reads, writes)
+                writes.append(writer(kind, declared))
+                types.append(declared)
+            codec = self._codecs[capture.name] = (reads, writes, types)
         return codec
 
     def _reader(self, capture: Capture) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
@@ -384,18 +395,21 @@ class SqliteConnector(Connector):
         write = self._codec(capture)[1]
         key_convert = [write[i] for i in capture.key_index]
 
+        params = []
+        for k in keys:
+            try:
+                params.append(
+                    tuple(v if f is None else f(v) for f, v in zip(key_convert, k, strict=True))
+                )
+            except Refused:
+                continue  # a key this column cannot hold is not a row of the table
+
         def run() -> int:
             con = self._con
             con.execute("BEGIN IMMEDIATE")
             try:
                 before = con.total_changes
-                con.executemany(
-                    sql,
-                    [
-                        tuple(v if f is None else f(v) for f, v in zip(key_convert, k, strict=True))
-                        for k in keys
-                    ],
-                )
+                con.executemany(sql, params)
                 logged: int = con.total_changes - before
                 con.execute("COMMIT")
                 return logged
@@ -520,12 +534,24 @@ class SqliteConnector(Connector):
         groups: dict[tuple[str, tuple[int, ...], int], list[int]] = {}
         run_of_moves, last_move = 0, None
         key_index = capture.key_index
+        _reads, writes, types = self._codec(capture)
+        active = [(i, f) for i, f in enumerate(writes) if f is not None]
+        keyed = any(writes[i] for i in key_index)
+        stored = list(ops)  # the ops with their values as stored
         for i, op in enumerate(ops):
-            if op.op == "M":
-                problem = move_problem(capture, op)
-                if problem:
-                    failures.append(WriteFailure(i, None, problem))
+            if op.op == "M" and (problem := move_problem(capture, op)):
+                failures.append(WriteFailure(i, None, problem))
+                continue
+            if active:
+                converted = _stored(op, writes, active, key_index, keyed)
+                if not isinstance(converted, WriteOp):
+                    column, problem = converted
+                    name, declared = capture.columns[column], types[column]
+                    message = f"column {name!r}{f' ({declared})' if declared else ''}: {problem}"
+                    failures.append(WriteFailure(i, name, message))
                     continue
+                stored[i] = converted
+            if op.op == "M":
                 cols = tuple(sorted({*op.values, *key_index}))
                 if cols != last_move:
                     run_of_moves, last_move = run_of_moves + 1, cols
@@ -535,24 +561,7 @@ class SqliteConnector(Connector):
                 # in field order): no sort per record.
                 cols = () if op.op == "D" else tuple(op.values)
                 groups.setdefault((op.op, cols, 0), []).append(i)
-        writes = self._codec(capture)[1]
-        if any(writes):
-
-            def key_out(key: tuple[Any, ...]) -> tuple[Any, ...]:
-                return tuple(
-                    f(v) if (f := writes[i]) else v for i, v in zip(key_index, key, strict=True)
-                )
-
-            refused = {f.row for f in failures}
-            ops = [
-                WriteOp(
-                    op.op,
-                    key_out(op.key),
-                    {i: (f(v) if (f := writes[i]) else v) for i, v in op.values.items()},
-                    None if op.op != "M" or op.old is None or row in refused else key_out(op.old),
-                )
-                for row, op in enumerate(ops)
-            ]
+        ops = stored
         statements = [
             (
                 self._write_sql(capture, kind, cols),
@@ -615,9 +624,7 @@ class SqliteConnector(Connector):
                             con.execute(sql, row)
                         except ROW_ERRORS as exc:
                             # SQLite undid just this statement; the transaction goes on.
-                            failures.append(
-                                WriteFailure(index, _column_of(str(exc), capture), str(exc))
-                            )
+                            failures.append(_failure(index, ops[index], capture, exc))
                 if receipt is not None:  # every refused record is known by now
                     packed = pack_failures(sorted(failures))
                     con.execute(
@@ -745,6 +752,91 @@ def _column_of(message: str, capture: Capture) -> str | None:
         if re.search(rf"\b{re.escape(col)}\b", message):
             return col
     return None
+
+
+def _stored(
+    op: WriteOp,
+    writes: Sequence[Convert | None],
+    active: Sequence[tuple[int, Convert]],
+    key_index: tuple[int, ...],
+    keyed: bool,
+) -> WriteOp | tuple[int, str]:
+    """``op`` with its values as they are stored (``op`` itself where none changes), or the
+    column (its index) of the first value its column would not hold exactly, and why (see
+    `sqlite_types.writer`). ``active``: the columns with a writer, and it; ``keyed``: a key
+    column has one."""
+    try:
+        # NOTE: the hot path of live sync: most writers only check their values, so a new
+        # op is made only where one changes.
+        values = op.values
+        changed: dict[int, Any] | None = None
+        for i, f in active:
+            v = values.get(i)
+            if v is not None and (w := f(v)) is not v:
+                if changed is None:
+                    changed = dict(values)
+                changed[i] = w
+        key, old = op.key, op.old
+        if keyed:
+            key = _key_out(key, writes, key_index)
+            if op.op == "M" and old is not None:
+                old = _key_out(old, writes, key_index)
+        if changed is None and key is op.key and old is op.old:
+            return op
+        return WriteOp(op.op, key, values if changed is None else changed, old)
+    except Refused:
+        # NOTE: only on this failure path: which value, one by one.
+        moved = zip(key_index, op.old or (), strict=True) if op.op == "M" else ()
+        for i, v in (*zip(key_index, op.key, strict=True), *op.values.items(), *moved):
+            try:
+                if f := writes[i]:
+                    f(v)
+            except Refused as exc:
+                return i, str(exc)
+        raise
+
+
+def _key_out(
+    key: tuple[Any, ...], writes: Sequence[Convert | None], key_index: tuple[int, ...]
+) -> tuple[Any, ...]:
+    """``key`` as stored (``key`` itself where no value changes)."""
+    out = key
+    for n, i in enumerate(key_index):
+        v = key[n]
+        if v is not None and (f := writes[i]) is not None and (w := f(v)) is not v:
+            if out is key:
+                out = list(key)  # type: ignore[assignment]
+            out[n] = w  # type: ignore[index]
+    return tuple(out) if out is not key else key
+
+
+def _failure(row: int, op: WriteOp, capture: Capture, exc: Exception) -> WriteFailure:
+    """The failure of a record SQLite refused, naming the column its message names or else
+    the value the driver could not bind (an integer past 64 bits, a lone surrogate...)."""
+    message = str(exc)
+    column = _column_of(message, capture)
+    if column is not None:
+        return WriteFailure(row, column, message)
+    key = zip(capture.key_index, op.key, strict=True)
+    old = zip(capture.key_index, op.old or (), strict=True) if op.op == "M" else ()
+    for i, v in (*key, *op.values.items(), *old):
+        if isinstance(v, bool) or v is None or isinstance(v, (float, bytes)):
+            continue
+        if isinstance(v, int):
+            if -(2**63) <= v < 2**63:
+                continue
+            found = f"expected a 64-bit integer, found {v}"
+        elif isinstance(v, str):
+            try:
+                v.encode()
+                continue
+            except UnicodeEncodeError:
+                found = f"expected Unicode text, found {shown(v)}: it has no UTF-8 form"
+        else:
+            found = f"expected a value SQLite can store, found a {type(v).__name__} value"
+        name = capture.columns[i]
+        return WriteFailure(row, name, f"column {name!r}: {found} ({message})")
+    return WriteFailure(row, None, message)
 
 
 def _collisions(
