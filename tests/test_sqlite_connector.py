@@ -26,7 +26,7 @@ from engine.connectors.base import (
     WriteOp,
     WriteReceipt,
 )
-from engine.connectors.sqlite import SqliteConnector
+from engine.connectors.sqlite import CAPTURE_TRIGGERS, SqliteConnector
 from engine.errors import AppError, ConnectorError
 
 from conftest import connect
@@ -171,7 +171,7 @@ def test_prepare_is_idempotent_and_puts_the_database_in_wal_mode(tmp_path: Path)
             triggers = other.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
             ).fetchone()[0]
-            assert triggers == 3
+            assert triggers == len(CAPTURE_TRIGGERS)
             other.execute("INSERT INTO customers VALUES ('C1', 'Contoso', 10.0, '555-1', NULL)")
         finally:
             other.close()

@@ -21,6 +21,17 @@ per captured column, in the column's own type). An UPDATE that changes no captur
 not logged (strings are compared as bytes, so a change of case is a change). ``at_ms`` is the
 statement's ``@@timestamp``, which does not depend on the session's time zone.
 
+Upserts: ``INSERT ... ON DUPLICATE KEY UPDATE`` fires the update triggers. ``REPLACE`` fires
+the delete triggers for every row it deletes (the one at the new row's key and any it
+collides with on another unique index), then the insert trigger. To log the replaced row as
+an update, a BEFORE INSERT trigger sets the session variable ``@`_ds_rep_<capture>``` to 0, the
+delete trigger sets it to the first seq it logs while it is 0, and the insert trigger, when
+it is set, turns the delete it finds from there at the new row's key (compared as bytes) into
+an update logged after the other deletes (or into nothing when no captured value changed).
+A delete and an insert in separate statements stay what they are. MariaDB fires AFTER UPDATE
+for a row ``UPDATE IGNORE`` skips on a duplicate key: when a key or unique column changes,
+the update trigger logs only if the row holds NEW's unique values.
+
 Commit order: AUTO_INCREMENT values are handed out at insert, not commit, so they cannot
 say what committed before what. Instead the table ``_ds_gate`` holds one row per capture,
 and the trigger takes the next sequence with ``UPDATE _ds_gate SET seq = LAST_INSERT_ID(seq
@@ -65,7 +76,8 @@ packet: a real update of the key (InnoDB's ON UPDATE CASCADE foreign keys follow
 the old key updates nothing; a row at the new key is a duplicate-key failure of that record.
 Both keys of a move are locked with the batch's rows. A refused record (constraint, range,
 length, bad JSON...) is found by bisecting the batch within savepoints, only on that failure
-path, and reported as a `WriteFailure` naming the column the server names. Values the server
+path (one refused on a duplicate key is tried again after the rest, while that helps),
+and reported as a `WriteFailure` naming the column the server names. Values the server
 would change silently, strict mode or not (more decimals than the column's scale, a double
 past a BIGINT's range, trailing spaces past a VARCHAR's length...: see
 `engine.connectors.mysql_types`), are refused before sending, naming the column.
@@ -160,7 +172,7 @@ IDLE_PING_S = 30.0  # ping a connection idle this long before using it (wait_tim
 RETRY_BUDGET_S = 30.0  # how long a batch rolled back by a deadlock is tried again
 ACK_CHUNK = 10_000  # log rows deleted per statement when trimming
 OLD, NEW = ("o:", "OLD"), ("n:", "NEW")  # log column prefix, trigger row
-CAPTURE_TRIGGERS = ("ins", "upd", "del")  # _ds_<capture>_<event>, made by `prepare`
+CAPTURE_TRIGGERS = ("bins", "ins", "upd", "del")  # _ds_<capture>_<event>, made by `prepare`
 
 
 class Address(NamedTuple):
@@ -440,32 +452,75 @@ class MysqlConnector(Connector):
     # -- capture ---------------------------------------------------------------------------
 
     def _triggers(self, capture: Capture, table: Table) -> dict[str, tuple[str, str]]:
-        """Trigger name -> (event, body) of ``capture``."""
+        """Trigger name -> (timing and event, body) of ``capture``."""
         name, log = lit(capture.name), q(log_table(capture))
         ours = f"NOT ({WRITING} <=> {name})"
+        cols = capture.columns
+        key = [cols[i] for i in capture.key_index]
+        entity = q(capture.entity)
+        replacing = q(f"_ds_rep_{capture.name}")  # a user variable: see "Upserts" above
+        take = f"UPDATE {q(GATE)} SET seq = LAST_INSERT_ID(seq + 1) WHERE name = {name}; "
+        at = "FLOOR(@@timestamp * 1000)"
 
-        def same(c: str) -> str:
+        def same(a: str, b: str, c: str) -> str:
             if table.columns[c].data_type in TEXT_TYPES:  # bytes: a change of case is a change
-                return f"CAST(OLD.{q(c)} AS BINARY) <=> CAST(NEW.{q(c)} AS BINARY)"
-            return f"OLD.{q(c)} <=> NEW.{q(c)}"
+                return f"CAST({a} AS BINARY) <=> CAST({b} AS BINARY)"
+            return f"{a} <=> {b}"
 
-        def body(when: str, op: str, images: Sequence[tuple[str, str]]) -> str:
-            pairs = [(q(log_column(p, c)), f"{row}.{q(c)}")
-                     for p, row in images for c in capture.columns]  # fmt: skip
+        def logged(op: str, images: Sequence[tuple[str, str]]) -> str:
+            pairs = [(q(log_column(p, c)), f"{row}.{q(c)}") for p, row in images for c in cols]
             return (
-                f"BEGIN IF {when} THEN "
-                f"UPDATE {q(GATE)} SET seq = LAST_INSERT_ID(seq + 1) WHERE name = {name}; "
-                f"INSERT INTO {log} (seq, op, at_ms, {', '.join(t for t, _ in pairs)}) VALUES "
-                f"(LAST_INSERT_ID(), '{op}', FLOOR(@@timestamp * 1000), "
-                f"{', '.join(v for _, v in pairs)}); END IF; END"
+                f"{take}INSERT INTO {log} (seq, op, at_ms, {', '.join(t for t, _ in pairs)})"
+                f" VALUES (LAST_INSERT_ID(), '{op}', {at}, {', '.join(v for _, v in pairs)}); "
             )
 
-        changed = " OR ".join(f"NOT ({same(c)})" for c in capture.columns)
+        changed = " OR ".join(f"NOT ({same(f'OLD.{q(c)}', f'NEW.{q(c)}', c)})" for c in cols)
+        uniques = sorted({c for index in table.unique.values() for c in index} | set(key))
+        moved = " OR ".join(f"NOT (OLD.{q(c)} <=> NEW.{q(c)})" for c in uniques)
+        # MariaDB fires AFTER UPDATE for a row UPDATE IGNORE skipped on a duplicate key: such
+        # a row does not hold NEW's unique values.
+        held = (
+            f"EXISTS (SELECT 1 FROM {entity} WHERE "
+            + " AND ".join(f"{q(c)} <=> NEW.{q(c)}" for c in uniques)
+            + ")"
+        )
+        olds = ", ".join(q(log_column("o:", c)) for c in cols)
+        news = ", ".join(q(log_column("n:", c)) for c in cols)
+        at_new_key = " AND ".join(same(q(log_column("o:", c)), f"NEW.{q(c)}", c) for c in key)
+        differs = " OR ".join(
+            f"NOT ({same(q(log_column('o:', c)), f'NEW.{q(c)}', c)})" for c in cols
+        )
+        # After a REPLACE: the delete it logged of the row at NEW's key becomes an update of
+        # that row, logged after the deletes of the rows it displaced.
+        insert = (
+            f"BEGIN IF {ours} THEN SET @_ds_same = NULL; "
+            f"IF @{replacing} > 0 THEN SET @_ds_same = (SELECT MIN(seq) FROM {log} WHERE seq >="
+            f" @{replacing} AND op = 'D' AND {at_new_key}); END IF; "
+            f"IF @_ds_same IS NULL THEN {logged('I', [NEW])}"
+            f"ELSE IF EXISTS (SELECT 1 FROM {log} WHERE seq = @_ds_same AND ({differs})) THEN "
+            f"{take}INSERT INTO {log} (seq, op, at_ms, {olds}, {news}) SELECT LAST_INSERT_ID(),"
+            f" 'U', {at}, {olds}, {', '.join(f'NEW.{q(c)}' for c in cols)} FROM {log}"
+            f" WHERE seq = @_ds_same; END IF; DELETE FROM {log} WHERE seq = @_ds_same; END IF; "
+            f"SET @{replacing} = NULL; END IF; END"
+        )
         prefix = f"_ds_{capture.name}_"
         return {
-            prefix + "ins": ("INSERT", body(ours, "I", [NEW])),
-            prefix + "upd": ("UPDATE", body(f"{ours} AND ({changed})", "U", [OLD, NEW])),
-            prefix + "del": ("DELETE", body(ours, "D", [OLD])),
+            prefix + "bins": (
+                "BEFORE INSERT",
+                f"BEGIN IF {ours} THEN SET @{replacing} = 0; END IF; END",
+            ),
+            prefix + "ins": ("AFTER INSERT", insert),
+            prefix + "upd": (
+                "AFTER UPDATE",
+                f"BEGIN IF {ours} AND ({changed}) AND (NOT ({moved}) OR {held}) THEN "
+                f"{logged('U', [OLD, NEW])}END IF; END",
+            ),
+            prefix + "del": (
+                "AFTER DELETE",
+                f"BEGIN IF {ours} THEN {logged('D', [OLD])}"
+                f"IF @{replacing} = 0 THEN SET @{replacing} = LAST_INSERT_ID(); END IF; "
+                "END IF; END",
+            ),
         }
 
     def prepare(self, capture: Capture) -> None:
@@ -543,7 +598,7 @@ class MysqlConnector(Connector):
             for name, (event, body) in self._triggers(capture, table).items():
                 if existing.get(name) == (body, self._sql_mode):
                     continue
-                create = f"TRIGGER {q(name)} AFTER {event} ON {q(entity)} FOR EACH ROW {body}"
+                create = f"TRIGGER {q(name)} {event} ON {q(entity)} FOR EACH ROW {body}"
                 if self._mariadb:
                     await cur.execute(f"CREATE OR REPLACE {create}")
                 else:
@@ -556,7 +611,7 @@ class MysqlConnector(Connector):
     def release(self, capture: Capture) -> None:
         async def run(cur: Cursor) -> None:
             prefix = f"_ds_{capture.name}_"
-            for suffix in ("ins", "upd", "del"):
+            for suffix in CAPTURE_TRIGGERS:
                 await cur.execute(f"DROP TRIGGER IF EXISTS {q(prefix + suffix)}")
             await cur.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
             for table, column in ((GATE, "name"), (RECEIPTS, "capture")):
@@ -823,14 +878,26 @@ class MysqlConnector(Connector):
             if clashes is not None:  # keys the table's collation takes for another record's
                 failures += await clashes.run(cur)
                 taken = {f.row for f in failures}
+            dups: list[tuple[Group, int]] = []
             for group in batch.groups:
                 sel = [j for j, row in enumerate(group.rows) if row not in taken]
                 if not sel:
                     continue
                 if bisect:
-                    await self._bisect(cur, capture, group, sel, failures)
+                    await self._bisect(cur, capture, group, sel, failures, dups)
                 else:
                     await group.run(cur, sel)
+            # A record refused on a unique value that another record of the batch frees
+            # later in it (a REPLACE moved the value from one row to another) is written
+            # again after the rest, as long as that helps.
+            while dups:
+                again, dups = dups, []
+                failed = {group.rows[j] for group, j in again}
+                failures[:] = [f for f in failures if f.row not in failed]
+                for group, j in again:
+                    await self._bisect(cur, capture, group, [j], failures, dups)
+                if len(dups) == len(again):
+                    break
             record = ""
             if receipt is not None:  # every refused record is known by now
                 refusals = sorted([*refused, *failures])
@@ -851,8 +918,10 @@ class MysqlConnector(Connector):
         group: Group,
         sel: Sequence[int],
         failures: list[WriteFailure],
+        dups: list[tuple[Group, int]] | None = None,
     ) -> None:
-        """Write ``sel`` of ``group``; find the records the server refuses by halving."""
+        """Write ``sel`` of ``group``; find the records the server refuses by halving (those
+        refused on a duplicate key are also added to ``dups``)."""
         await cur.execute("SAVEPOINT _ds_rows")
         try:
             await group.run(cur, sel)
@@ -868,10 +937,12 @@ class MysqlConnector(Connector):
                     str(exc.args[1]) if len(exc.args) > 1 else message, capture, table
                 )
                 failures.append(WriteFailure(group.rows[sel[0]], column, message))
+                if dups is not None and _errno(exc) == 1062:  # ER_DUP_ENTRY
+                    dups.append((group, sel[0]))
                 return
         mid = len(sel) // 2
-        await self._bisect(cur, capture, group, sel[:mid], failures)
-        await self._bisect(cur, capture, group, sel[mid:], failures)
+        await self._bisect(cur, capture, group, sel[:mid], failures, dups)
+        await self._bisect(cur, capture, group, sel[mid:], failures, dups)
 
     def apply(
         self, capture: Capture, ops: Sequence[WriteOp], receipt: Receipt | None = None

@@ -47,7 +47,9 @@ kind and column set: deletes, then moves in the order given, then updates, then 
 and every column> = ... WHERE <key> = <old key>``: a real update of the key, so ON UPDATE
 CASCADE foreign keys follow; no row at the old key updates nothing; a row at the new key is
 a unique violation of that record (found by bisecting the batch in savepoints, only on that
-failure path, like any refused record).
+failure path, like any refused record). A record refused on a unique violation is written
+again after the rest of the batch, while that helps: another record of the batch may free
+the value.
 
 Receipts: ``_ds_receipts (capture, writer, number, position, failures)`` in the connector's
 schema, keyed by (capture, writer), created by `prepare` (which adds ``failures`` to a table
@@ -668,6 +670,7 @@ class PostgresConnector(Connector):
                 clashes = self._clashes(cur, capture, loose, ops, {f.row for f in failures})
                 failures += clashes
                 taken = {f.row for f in clashes}
+            dups: list[tuple[Statement, Any]] = []
             for statement in statements:
                 rows = statement.rows
                 if taken:
@@ -676,9 +679,20 @@ class PostgresConnector(Connector):
                         continue
                     statement = statement._replace(rows=rows)
                 if bisect:
-                    self._bisect(cur, capture, table, statement, statement.rows, failures)
+                    self._bisect(cur, capture, table, statement, statement.rows, failures, dups)
                 else:
                     cur.executemany(statement.sql, [params for _, params in statement.rows])
+            # A record refused on a unique value that another record of the batch frees
+            # later in it (a REPLACE moved the value from one row to another) is written
+            # again after the rest, as long as that helps.
+            while dups:
+                again, dups = dups, []
+                failed = {row[0] for _, row in again}
+                failures[:] = [f for f in failures if f.row not in failed]
+                for statement, row in again:
+                    self._bisect(cur, capture, table, statement, [row], failures, dups)
+                if len(dups) == len(again):
+                    break
             # The gate last: we never wait for a row lock while holding it; once we hold it,
             # no other transaction logs a change of this capture until we commit.
             cur.execute(gate)
@@ -783,9 +797,11 @@ class PostgresConnector(Connector):
         statement: Statement,
         rows: Rows,
         failures: list[WriteFailure],
+        dups: list[tuple[Statement, Any]] | None = None,
     ) -> None:
         """Write ``rows`` of ``statement`` in a savepoint; if refused, each half again, down
-        to the records refused: a few round trips per refused record, not one per record."""
+        to the records refused: a few round trips per refused record, not one per record.
+        Those refused on a unique value are also added to ``dups``."""
         try:
             with cur.connection.transaction(), _pipeline(cur.connection):
                 cur.executemany(statement.sql, [params for _, params in rows])
@@ -798,10 +814,12 @@ class PostgresConnector(Connector):
                 if column is not None and column not in message:
                     message = f"column {column!r}: {message}"
                 failures.append(WriteFailure(rows[0][0], column, message))
+                if dups is not None and exc.sqlstate == "23505":  # unique_violation
+                    dups.append((statement, rows[0]))
                 return
             half = len(rows) // 2
-            self._bisect(cur, capture, table, statement, rows[:half], failures)
-            self._bisect(cur, capture, table, statement, rows[half:], failures)
+            self._bisect(cur, capture, table, statement, rows[:half], failures, dups)
+            self._bisect(cur, capture, table, statement, rows[half:], failures, dups)
 
     def _column_of(
         self, exc: psycopg.Error, capture: Capture, table: Table, placeholders: tuple[int, ...]

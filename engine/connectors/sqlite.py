@@ -6,6 +6,19 @@ never reused; the commit time in ms; the old and new values of the captured colu
 table column each, so values keep their SQLite types). Updates that change none of the
 captured columns are not logged.
 
+Upserts: ``REPLACE`` (and ``INSERT OR REPLACE``, ``UPDATE OR REPLACE``, a ``UNIQUE ... ON
+CONFLICT REPLACE`` constraint) deletes the rows the new row collides with, and SQLite fires no
+delete trigger for them unless ``recursive_triggers`` is on. So BEFORE INSERT (and BEFORE
+UPDATE of a key or unique column) a trigger copies the rows holding NEW's value on the
+capture key or on any UNIQUE index of plain columns (under that index's collation) into
+``_ds_pend_<capture>``; the AFTER trigger logs as a delete each of them that is gone (by
+rowid, or by exact key in a WITHOUT ROWID table), before the change itself, and an insert at
+a key whose row it replaced as an update of that row (nothing when no captured value
+changed). Copying more rows than collide is harmless: only rows gone afterwards are logged.
+``INSERT ... ON CONFLICT DO UPDATE`` fires the update triggers. With ``recursive_triggers`` on,
+the delete trigger logs the deleted rows itself and takes them out of the pending table.
+Not seen: a row displaced through a unique index on an expression.
+
 Echo suppression: the engine's write transaction sets a flag in the table ``_ds_session``
 (one row per capture) and resets it before commit, so other connections only ever see it
 unset. The triggers log nothing while it is set: our own writes never come back as changes.
@@ -22,7 +35,9 @@ on connections that turn them on (``PRAGMA foreign_keys``, off by default), so a
 holding moves is written with them on: ON UPDATE CASCADE foreign keys follow, and a write
 the declared foreign keys forbid (a parent with children and no ON UPDATE action) is a
 failure of that record. Other batches keep the connection's setting (off). A refused record
-is found by writing the batch again record by record, only on that failure path (a value
+is found by writing the batch again record by record, only on that failure path (one
+refused on a UNIQUE constraint is tried again after the rest, while that helps: another
+record of the batch may free its value) (a value
 the driver cannot bind, such as an integer past 64 bits, is named by its column). A value
 SQLite would store changed (NaN as NULL, a decimal rounded to a double...: see
 `engine.connectors.sqlite_types.writer`) is refused before writing, naming its column.
@@ -77,7 +92,13 @@ RECEIPTS = "_ds_receipts"
 BUSY_TIMEOUT_MS = 10_000
 POLL_INTERVAL = 0.004  # seconds between looks at the change table while waiting
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
-CAPTURE_TRIGGERS = ("insert", "update", "delete")  # _ds_<capture>_<event>, made by `prepare`
+CAPTURE_TRIGGERS = (
+    "before_insert",
+    "insert",
+    "before_update",
+    "update",
+    "delete",
+)  # _ds_<capture>_<event>, made by `prepare`
 
 
 def q(name: str) -> str:
@@ -97,6 +118,43 @@ def sqlite_path(url: str) -> Path:
 
 def log_table(capture: Capture) -> str:
     return f"_ds_log_{capture.name}"
+
+
+def pend_table(capture: Capture) -> str:
+    """Rows an application's statement may displace, kept between its BEFORE and AFTER
+    triggers (see "Upserts" in the module docstring)."""
+    return f"_ds_pend_{capture.name}"
+
+
+def _unique(exc: Exception) -> bool:
+    """A write refused on a UNIQUE or PRIMARY KEY constraint."""
+    return getattr(exc, "sqlite_errorcode", None) in (1555, 2067)  # SQLITE_CONSTRAINT_*
+
+
+def _has_rowid(con: sqlite3.Connection, entity: str) -> bool:
+    try:
+        con.execute(f"SELECT rowid FROM {q(entity)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return False  # WITHOUT ROWID
+    return True
+
+
+def _unique_sets(
+    con: sqlite3.Connection, entity: str, key: Sequence[str]
+) -> list[list[tuple[str, str]]]:
+    """The column sets a new row can collide on, (column, collation) each: the capture key
+    (compared under its columns' own collations) and every UNIQUE index or constraint on
+    plain columns (compared under the index's collations; an index on expressions is left
+    out: a row it displaces is not seen, see the module docstring)."""
+    sets: list[list[tuple[str, str]]] = [[(c, "") for c in key]]
+    for index in con.execute(f"PRAGMA index_list({q(entity)})").fetchall():
+        if not index[2]:
+            continue
+        info = [r for r in con.execute(f"PRAGMA index_xinfo({q(index[1])})") if r[5]]
+        if any(r[1] < 0 for r in info):
+            continue
+        sets.append([(r[2], r[4]) for r in info])
+    return sets
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -258,35 +316,115 @@ class SqliteConnector(Connector):
     # -- capture -------------------------------------------------------------------------
 
     def prepare(self, capture: Capture) -> None:
-        log = log_table(capture)
+        log, pend = log_table(capture), pend_table(capture)
         entity = capture.entity
         ours = f"(SELECT writing FROM {SESSION} WHERE name = '{capture.name}') = 0"
         cols = capture.columns
         changed = " OR ".join(f"OLD.{q(c)} IS NOT NEW.{q(c)}" for c in cols)
+        olds = ", ".join(q("o:" + c) for c in cols)
+        news = ", ".join(q("n:" + c) for c in cols)
+        key = [cols[i] for i in capture.key_index]
 
-        def trigger(
-            name: str, event: str, when: str, op: str, values: list[tuple[str, str]]
-        ) -> str:
-            targets = ", ".join(t for t, _ in values)
-            exprs = ", ".join(v for _, v in values)
+        def same_key(row: str, p: str = "p.") -> str:  # pend row p holds the key of ``row``
+            return " AND ".join(f"{p}{q('o:' + c)} IS {row}.{q(c)}" for c in key)
+
+        def trigger(name: str, event: str, when: str, body: list[str]) -> str:
             return (
-                f"CREATE TRIGGER {q(f'_ds_{capture.name}_{name}')} AFTER {event} ON {q(entity)}"
-                f" WHEN {when} BEGIN INSERT INTO {q(log)} (op, at_ms, {targets}) "
-                f"VALUES ('{op}', {NOW_MS}, {exprs}); END"
+                f"CREATE TRIGGER {q(f'_ds_{capture.name}_{name}')} {event} ON {q(entity)}"
+                f" WHEN {when} BEGIN {' '.join(sql + ';' for sql in body)} END"
             )
-
-        new_image = [(q("n:" + c), f"NEW.{q(c)}") for c in cols]
-        old_image = [(q("o:" + c), f"OLD.{q(c)}") for c in cols]
-        triggers = [
-            trigger("insert", "INSERT", ours, "I", new_image),
-            trigger("update", "UPDATE", f"{ours} AND ({changed})", "U", old_image + new_image),
-            trigger("delete", "DELETE", ours, "D", old_image),
-        ]
 
         def run() -> None:
             con = self._con
             con.execute("BEGIN IMMEDIATE")
             try:
+                rowid = _has_rowid(con, entity)
+                uniques = _unique_sets(con, entity, key)
+                ucols = sorted({c for cs in uniques for c, _ in cs})
+                moved = " OR ".join(f"OLD.{q(c)} IS NOT NEW.{q(c)}" for c in ucols)
+                rid = "rowid" if rowid else "NULL"
+                # Rows an upsert may displace: those holding NEW's value on a unique index
+                # (more is harmless: only rows gone afterwards are logged).
+                candidates = " UNION ".join(
+                    f"SELECT {rid}, {', '.join(q(c) for c in cols)} FROM {q(entity)} WHERE "
+                    + " AND ".join(
+                        f"{q(c)} = NEW.{q(c)}" + (f" COLLATE {coll}" if coll else "")
+                        for c, coll in cs
+                    )
+                    for cs in uniques
+                )
+                if rowid:
+                    gone = (
+                        f"(p.rid = NEW.rowid OR NOT EXISTS"
+                        f" (SELECT 1 FROM {q(entity)} WHERE rowid = p.rid))"
+                    )
+                    itself = "p.rid IS OLD.rowid"
+                    dropped = "rid = OLD.rowid"
+                else:
+                    exact = " AND ".join(f"{q(c)} = p.{q('o:' + c)} COLLATE BINARY" for c in key)
+                    gone = f"NOT EXISTS (SELECT 1 FROM {q(entity)} WHERE {exact})"
+                    itself = same_key("OLD")
+                    dropped = same_key("OLD", "")
+                gather = [
+                    f"DELETE FROM {q(pend)}",
+                    f"INSERT INTO {q(pend)} (rid, {olds}) {candidates}",
+                ]
+                displaced = (
+                    f"INSERT INTO {q(log)} (op, at_ms, {olds}) SELECT 'D', {NOW_MS}, "
+                    + ", ".join(f"p.{q('o:' + c)}" for c in cols)
+                    + f" FROM {q(pend)} p WHERE "
+                )
+                new_cols = ", ".join(f"NEW.{q(c)}" for c in cols)
+                old_cols = ", ".join(f"OLD.{q(c)}" for c in cols)
+                p_changed = " OR ".join(f"p.{q('o:' + c)} IS NOT NEW.{q(c)}" for c in cols)
+                triggers = [
+                    trigger("before_insert", "BEFORE INSERT", ours, gather),
+                    trigger(
+                        "insert",
+                        "AFTER INSERT",
+                        ours,
+                        [
+                            displaced + f"NOT ({same_key('NEW')}) AND {gone} ORDER BY p.seq",
+                            # the row at NEW's key before the statement, if any: an update
+                            f"INSERT INTO {q(log)} (op, at_ms, {olds}, {news}) SELECT CASE WHEN"
+                            f" p.seq IS NULL THEN 'I' ELSE 'U' END, {NOW_MS}, "
+                            + ", ".join(f"p.{q('o:' + c)}" for c in cols)
+                            + f", {new_cols} FROM (SELECT 1) LEFT JOIN {q(pend)} p ON"
+                            f" {same_key('NEW')} WHERE p.seq IS NULL OR {p_changed}",
+                            f"DELETE FROM {q(pend)}",
+                        ],
+                    ),
+                    trigger(
+                        "before_update",
+                        f"BEFORE UPDATE OF {', '.join(q(c) for c in ucols)}",
+                        f"{ours} AND ({moved})",
+                        gather,
+                    ),
+                    trigger(
+                        "update",
+                        "AFTER UPDATE",
+                        ours,
+                        [
+                            displaced
+                            + f"({moved}) AND NOT ({itself}) AND"
+                            + (f" {gone}" if rowid else f" ({same_key('NEW')} OR {gone})")
+                            + " ORDER BY p.seq",
+                            f"INSERT INTO {q(log)} (op, at_ms, {olds}, {news}) SELECT 'U',"
+                            f" {NOW_MS}, {old_cols}, {new_cols} WHERE {changed}",
+                        ],
+                    ),
+                    trigger(
+                        "delete",
+                        "AFTER DELETE",
+                        ours,
+                        [
+                            f"INSERT INTO {q(log)} (op, at_ms, {olds}) VALUES ('D', {NOW_MS},"
+                            f" {old_cols})",
+                            # a row a REPLACE deletes with recursive_triggers on: logged here
+                            f"DELETE FROM {q(pend)} WHERE {dropped}",
+                        ],
+                    ),
+                ]
                 con.execute(
                     f"CREATE TABLE IF NOT EXISTS {SESSION} "
                     "(name TEXT PRIMARY KEY, writing INTEGER NOT NULL DEFAULT 0)"
@@ -311,6 +449,10 @@ class SqliteConnector(Connector):
                     for prefix in ("o:", "n:"):
                         if prefix + col not in have:
                             con.execute(f"ALTER TABLE {q(log)} ADD COLUMN {q(prefix + col)}")
+                con.execute(f"DROP TABLE IF EXISTS {q(pend)}")
+                con.execute(
+                    f"CREATE TABLE {q(pend)} (seq INTEGER PRIMARY KEY, rid INTEGER, {olds})"
+                )
                 self._drop_triggers(con, capture)
                 for sql in triggers:
                     con.execute(sql)
@@ -337,6 +479,7 @@ class SqliteConnector(Connector):
             con.execute("BEGIN IMMEDIATE")
             self._drop_triggers(con, capture)
             con.execute(f"DROP TABLE IF EXISTS {q(log_table(capture))}")
+            con.execute(f"DROP TABLE IF EXISTS {q(pend_table(capture))}")
             if con.execute(f"SELECT 1 FROM sqlite_master WHERE name = '{SESSION}'").fetchone():
                 con.execute(f"DELETE FROM {SESSION} WHERE name = ?", (capture.name,))
             if _has_receipts(con):
@@ -610,6 +753,7 @@ class SqliteConnector(Connector):
                     clashes = _collisions(con, capture, ops, taken, collations, self.app)
                     failures.extend(clashes)
                     taken |= {f.row for f in clashes}
+                refused: list[tuple[str, int, Any, Exception]] = []
                 for sql, indexes, params in statements:
                     if taken & set(indexes):
                         kept = [
@@ -624,7 +768,23 @@ class SqliteConnector(Connector):
                             con.execute(sql, row)
                         except ROW_ERRORS as exc:
                             # SQLite undid just this statement; the transaction goes on.
-                            failures.append(_failure(index, ops[index], capture, exc))
+                            refused.append((sql, index, row, exc))
+                # A record refused on a unique value that another record of the batch frees
+                # later in it (a REPLACE moved the value from one row to another) is written
+                # again after the rest, as long as that helps.
+                while any(_unique(exc) for *_, exc in refused):
+                    again, refused = refused, []
+                    for sql, index, row, first in again:
+                        if not _unique(first):
+                            refused.append((sql, index, row, first))
+                            continue
+                        try:
+                            con.execute(sql, row)
+                        except ROW_ERRORS as exc2:
+                            refused.append((sql, index, row, exc2))
+                    if len(refused) == len(again):
+                        break
+                failures.extend(_failure(i, ops[i], capture, exc) for _, i, _, exc in refused)
                 if receipt is not None:  # every refused record is known by now
                     packed = pack_failures(sorted(failures))
                     con.execute(
