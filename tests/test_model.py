@@ -424,3 +424,35 @@ def test_both_sides_converge_to_what_really_happened(policy: Any) -> None:
         "write landing after an unread change",
     ):
         assert SEEN[case] >= 5, (case, sorted(SEEN.items()))
+
+
+class _Draws:
+    """Replays the values a hypothesis ``data()`` drew."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: Any) -> Any:
+        return self.values.pop(0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug (merge-core issue): our upsert lands on crm after crm's own delete, crm"
+    " then REPLACEs the row with the same values; the merged record is deleted (crm's delete is"
+    " the later), but no delete is written back to crm, which keeps the row",
+)
+def test_regression_a_write_landing_after_a_delete_then_an_identical_replace() -> None:
+    """Found by hypothesis (lww) on 2026-12-04; replayed step by step."""
+    state = machine({"policy": "lww"})()
+    state.start()
+    state.insert(side=R, key="A1", data=_Draws("n1", 100, "p1"))
+    state.delete(side=R, key="A1")
+    state.insert(side=L, key="A1", data=_Draws("n1", 100, "p1"))
+    state.insert(side=R, key="A1", data=_Draws("n1", 100, "p2"))
+    state.delete(side=R, key="A1")
+    state.deliver(n=1, side=L)
+    state.deliver(n=3, side=R)
+    state.checkpoint()
+    state.insert(side=R, key="A1", data=_Draws("n1", 100, "p2"))
+    state.teardown()
