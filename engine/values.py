@@ -72,6 +72,17 @@ Convert = Callable[[Any], Any]
 """A conversion of one value between an application's form and the canonical one."""
 
 
+def has_utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (a lone surrogate has none)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def lenient(convert: Convert) -> Convert:
     """A read conversion that keeps the stored value when it does not parse: the target then
     refuses it as a row-level error naming the record; nothing is dropped on the way."""

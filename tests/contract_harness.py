@@ -17,11 +17,13 @@ import abc
 import datetime as dt
 import importlib
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.connectors import Capture, Connector, open_connector
+from engine.connectors import Capture, Connector, WriteOp, open_connector
 from engine.values import Json
 
 # The contract entity. ``note`` exists in the table but is not captured.
@@ -116,3 +118,30 @@ def harnesses() -> dict[str, type[Harness]]:
         cls: type[Harness] = module.HARNESS
         found[cls.name] = cls
     return found
+
+
+def upsert(i: int, **overrides: Any) -> WriteOp:
+    """An upsert of row ``i`` of the contract entity (every column)."""
+    return WriteOp("I", (i,), dict(enumerate(as_tuple(sample(i, **overrides)))))
+
+
+@contextmanager
+def created(cls: type[Harness], tmp_path: Path) -> Iterator[Harness]:
+    """An application of ``cls`` holding the contract entity, for one test."""
+    harness = cls(tmp_path)
+    harness.create()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+@contextmanager
+def prepared(app: Harness) -> Iterator[Connector]:
+    """A connector of ``app`` with the contract entity's capture installed."""
+    connector = app.connector()
+    connector.prepare(app.capture())
+    try:
+        yield connector
+    finally:
+        connector.close()

@@ -24,7 +24,17 @@ from engine.connectors import (
 )
 from engine.errors import ConnectorError
 
-from contract_harness import COLUMNS, NAME_MAX, Harness, as_tuple, harnesses, sample
+from contract_harness import (
+    COLUMNS,
+    NAME_MAX,
+    Harness,
+    as_tuple,
+    created,
+    harnesses,
+    prepared,
+    sample,
+    upsert,
+)
 
 HARNESSES = harnesses()
 LIMIT = 10_000
@@ -37,27 +47,18 @@ def having(flag: str) -> list[str]:
 
 @pytest.fixture(params=sorted(HARNESSES))
 def app(request: Any, tmp_path: Path) -> Iterator[Harness]:
-    harness = HARNESSES[request.param](tmp_path)
-    harness.create()
-    yield harness
-    harness.close()
+    with created(HARNESSES[request.param], tmp_path) as harness:
+        yield harness
 
 
 @pytest.fixture
 def conn(app: Harness) -> Iterator[Connector]:
-    connector = app.connector()
-    connector.prepare(app.capture())
-    yield connector
-    connector.close()
+    with prepared(app) as connector:
+        yield connector
 
 
 def changes(app: Harness, conn: Connector, after: int = 0) -> list[RawChange]:
     return conn.read_changes(app.capture(), after, LIMIT)
-
-
-def upsert(i: int, **overrides: Any) -> WriteOp:
-    row = sample(i, **overrides)
-    return WriteOp("I", (i,), {n: row[c] for n, c in enumerate(COLUMNS)})
 
 
 def moved(old: int, new: int, **overrides: Any) -> dict[str, Any]:

@@ -33,7 +33,18 @@ from engine.connectors import Capture, Connector, WriteOp, open_connector
 from engine.connectors.mysql import SQL_MODE
 from engine.values import Json
 
-from contract_harness import COLUMNS, NAME_MAX, TYPES, Harness, as_tuple, harnesses, sample
+from contract_harness import (
+    COLUMNS,
+    NAME_MAX,
+    TYPES,
+    Harness,
+    as_tuple,
+    created,
+    harnesses,
+    prepared,
+    sample,
+    upsert,
+)
 from harness_mysql import MysqlHarness
 from harness_postgresql import PostgresHarness
 from harness_sqlite import SqliteHarness
@@ -249,22 +260,14 @@ def refused_cases() -> list[Any]:
 
 @pytest.fixture
 def app(request: Any, tmp_path: Path) -> Iterator[Harness]:
-    harness = HARNESSES[request.param](tmp_path)
-    harness.create()
-    yield harness
-    harness.close()
+    with created(HARNESSES[request.param], tmp_path) as harness:
+        yield harness
 
 
 @pytest.fixture
 def conn(app: Harness) -> Iterator[Connector]:
-    connector = app.connector()
-    connector.prepare(app.capture())
-    yield connector
-    connector.close()
-
-
-def upsert(i: int, **overrides: Any) -> WriteOp:
-    return WriteOp("I", (i,), dict(enumerate(as_tuple(sample(i, **overrides)))))
+    with prepared(app) as connector:
+        yield connector
 
 
 def quotes(column: str, message: str) -> bool:

@@ -43,30 +43,44 @@ def applied(changes: list[Change], start: dict[int, tuple[Any, ...]]) -> dict[in
     return rows
 
 
-# -- SQLite ---------------------------------------------------------------------------------
+class App:
+    """A table ``people`` changed through the application's own connection (``execute``),
+    captured by the connector of ``url``."""
 
-
-class SqliteApp:
-    def __init__(self, tmp_path: Path, ddl: str) -> None:
-        self.path = tmp_path / "app.db"
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.executescript(ddl)
-        self.db.executemany("INSERT INTO people VALUES (?, ?, ?)", ROWS)
-        self.conn = open_connector("app", f"sqlite:///{self.path}")
+    def __init__(self, execute: Callable[[str], Any], url: str, rows: Callable[[], Any]) -> None:
+        self.execute = execute
+        self.conn = open_connector("app", url)
+        self._rows = rows
         self.conn.prepare(CAP)
 
     def rows(self) -> dict[int, tuple[Any, ...]]:
-        return {r[0]: tuple(r) for r in self.db.execute("SELECT id, email, name FROM people")}
+        return {r[0]: tuple(r) for r in self._rows()}
 
     def run(self, *sql: str) -> list[Change]:
         """Run ``sql``; the changes captured, checked to bring a copy to the same rows."""
         before = self.rows()
         head = self.conn.head(CAP)
         for statement in sql:
-            self.db.execute(statement)
+            self.execute(statement)
         found = read(self.conn, head)
         assert applied(found, before) == self.rows()
         return found
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+
+class SqliteApp(App):
+    def __init__(self, tmp_path: Path, ddl: str) -> None:
+        self.path = tmp_path / "app.db"
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.executescript(ddl)
+        self.db.executemany("INSERT INTO people VALUES (?, ?, ?)", ROWS)
+        super().__init__(
+            self.db.execute,
+            f"sqlite:///{self.path}",
+            lambda: self.db.execute("SELECT id, email, name FROM people"),
+        )
 
 
 SQLITE_TABLES = {
@@ -167,30 +181,8 @@ def test_sqlite_a_constraint_that_replaces_on_plain_inserts(tmp_path: Path) -> N
 # -- MariaDB --------------------------------------------------------------------------------
 
 
-class ServerApp:
-    """A table ``people`` on a server, changed through the application's own connection."""
-
-    def __init__(self, execute: Callable[[str], Any], url: str, rows: Callable[[], Any]) -> None:
-        self.execute = execute
-        self.conn = open_connector("app", url)
-        self._rows = rows
-        self.conn.prepare(CAP)
-
-    def rows(self) -> dict[int, tuple[Any, ...]]:
-        return {r[0]: tuple(r) for r in self._rows()}
-
-    def run(self, *sql: str) -> list[Change]:
-        before = self.rows()
-        head = self.conn.head(CAP)
-        for statement in sql:
-            self.execute(statement)
-        found = read(self.conn, head)
-        assert applied(found, before) == self.rows()
-        return found
-
-
 @pytest.fixture
-def maria(tmp_path: Path) -> Iterator[ServerApp]:
+def maria(tmp_path: Path) -> Iterator[App]:
     harness = MysqlHarness(tmp_path)
     db = harness.db
     db.execute(
@@ -198,20 +190,20 @@ def maria(tmp_path: Path) -> Iterator[ServerApp]:
     )
     db.execute("INSERT INTO people VALUES (1, 'u1@x', 'one'), (2, 'u2@x', 'two'),"
                " (3, 'u3@x', 'three')")  # fmt: skip
-    app = ServerApp(db.execute, harness.url, lambda: db.execute("SELECT * FROM people"))
+    app = App(db.execute, harness.url, lambda: db.execute("SELECT * FROM people"))
     yield app
     app.conn.close()
     harness.close()
 
 
-def test_mariadb_replace_of_a_held_row_is_an_update(maria: ServerApp) -> None:
+def test_mariadb_replace_of_a_held_row_is_an_update(maria: App) -> None:
     found = maria.run("REPLACE INTO people VALUES (2, 'u2@x', 'two again')")
     assert found == [("U", (2, "u2@x", "two"), (2, "u2@x", "two again"))]
     assert maria.run("REPLACE INTO people VALUES (2, 'u2@x', 'two again')") == []
 
 
 def test_mariadb_replace_colliding_on_another_unique_column_deletes_that_row(
-    maria: ServerApp,
+    maria: App,
 ) -> None:
     found = maria.run("REPLACE INTO people VALUES (2, 'u3@x', 'two')")
     assert found == [
@@ -226,7 +218,7 @@ def test_mariadb_replace_colliding_on_another_unique_column_deletes_that_row(
     assert [op for op, _, _ in found] == ["U", "D", "I", "I"]  # 7 went with u1@x
 
 
-def test_mariadb_on_duplicate_key_update_and_ignore(maria: ServerApp) -> None:
+def test_mariadb_on_duplicate_key_update_and_ignore(maria: App) -> None:
     assert maria.run(
         "INSERT INTO people VALUES (2, 'u2@x', 'new') ON DUPLICATE KEY UPDATE name = 'new'"
     ) == [("U", (2, "u2@x", "two"), (2, "u2@x", "new"))]
@@ -249,7 +241,7 @@ def test_mariadb_on_duplicate_key_update_and_ignore(maria: ServerApp) -> None:
 
 
 def test_mariadb_delete_and_insert_of_a_key_stay_a_delete_and_an_insert(
-    maria: ServerApp,
+    maria: App,
 ) -> None:
     """Only a REPLACE's own delete becomes an update: a delete and an insert are two
     changes, even in one transaction."""
@@ -273,7 +265,7 @@ def test_mariadb_delete_and_insert_of_a_key_stay_a_delete_and_an_insert(
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Iterator[ServerApp]:
+def pg(tmp_path: Path) -> Iterator[App]:
     harness = PostgresHarness(tmp_path)
     table = harness.table("people")
     db = harness.db
@@ -284,13 +276,13 @@ def pg(tmp_path: Path) -> Iterator[ServerApp]:
     def execute(sql: str) -> None:
         db.execute(sql.replace("people", table))
 
-    app = ServerApp(execute, harness.url, lambda: db.execute(f"SELECT * FROM {table}").fetchall())
+    app = App(execute, harness.url, lambda: db.execute(f"SELECT * FROM {table}").fetchall())
     yield app
     app.conn.close()
     harness.close()
 
 
-def test_postgresql_on_conflict_forms(pg: ServerApp) -> None:
+def test_postgresql_on_conflict_forms(pg: App) -> None:
     assert pg.run(
         "INSERT INTO people VALUES (2, 'u2@x', 'new') ON CONFLICT (id) DO UPDATE"
         " SET name = excluded.name"
@@ -306,7 +298,7 @@ def test_postgresql_on_conflict_forms(pg: ServerApp) -> None:
     ) == [("I", None, (8, "u8@x", "eight"))]
 
 
-def test_postgresql_merge(pg: ServerApp) -> None:
+def test_postgresql_merge(pg: App) -> None:
     found = pg.run(
         "MERGE INTO people t USING (VALUES (1, 'u1@x', 'uno'), (3, 'u3@x', NULL),"
         " (4, 'u4@x', 'four')) AS s (id, email, name) ON t.id = s.id"
@@ -403,14 +395,14 @@ def test_sqlite_writes_a_unique_value_another_record_of_the_batch_frees(lite: Sq
 
 
 def test_mariadb_writes_a_unique_value_another_record_of_the_batch_frees(
-    maria: ServerApp,
+    maria: App,
 ) -> None:
     _moved_value(maria.conn)
     assert maria.rows()[4] == (4, "u2@x", "four") and maria.rows()[2][1] == "u9@x"
 
 
 def test_postgresql_writes_a_unique_value_another_record_of_the_batch_frees(
-    pg: ServerApp,
+    pg: App,
 ) -> None:
     _moved_value(pg.conn)
     assert pg.rows()[4] == (4, "u2@x", "four") and pg.rows()[2][1] == "u9@x"

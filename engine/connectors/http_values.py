@@ -42,7 +42,7 @@ import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from engine.values import Convert, Json, parse_timestamp, to_utc
+from engine.values import Convert, Json, has_utf8, parse_timestamp, to_utc
 
 __all__ = ["dumps", "loads", "reader", "to_json"]
 
@@ -74,13 +74,8 @@ def to_json(value: Any) -> Any:
             )
         return value
     if isinstance(value, str):
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"expected Unicode text, found {value!r}: it has no UTF-8 form"
-                ) from None
+        if not has_utf8(value):
+            raise ValueError(f"expected Unicode text, found {value!r}: it has no UTF-8 form")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -49,7 +49,7 @@ import asyncmy
 
 from engine.connectors.base import Capture, shown
 from engine.errors import ConnectorError
-from engine.values import Convert, Json, kind_of, lenient, parse_timestamp, to_utc
+from engine.values import Convert, Json, has_utf8, kind_of, lenient, parse_timestamp, to_utc
 
 # Server errors that refuse one record, not the batch.
 ROW_ERRORS = frozenset({
@@ -258,7 +258,7 @@ def _writer(info: Info | None, kind: str | None = None) -> Convert:
         if v is None or t is bool:
             return v
         if t is str:
-            if not v.isascii() and not _encodable(v):
+            if not has_utf8(v):
                 refuse("Unicode text", shown(v), "it has no UTF-8 form")
             return text(v) if checked_text else v
         if t is int:
@@ -340,14 +340,6 @@ def _exact_float(n: int | float | Decimal, v: Any, bits: int, declared: str) -> 
             f"expected a number {declared} holds exactly, found {shown(v)}:"
             f" it would round it to {Decimal(x)}"
         )
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def _finite(value: Any) -> bool:

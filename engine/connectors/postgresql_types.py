@@ -40,7 +40,7 @@ from psycopg.types.json import Json as PgJson
 from psycopg.types.json import Jsonb
 
 from engine.connectors.base import shown
-from engine.values import Json, parse_timestamp, to_utc
+from engine.values import Json, has_utf8, parse_timestamp, to_utc
 
 # Types whose binary loaders give canonical values; other captured types are read as text.
 BINARY_SAFE = frozenset(
@@ -109,7 +109,7 @@ def _writer(col: PgColumn) -> Callable[[Any], tuple[Any, str | None]]:
         if isinstance(v, str):
             if "\x00" in v:
                 return v, f"expected text without NUL, found {shown(v)}: PostgreSQL has no NUL"
-            if not v.isascii() and not _encodable(v):
+            if not has_utf8(v):
                 return v, f"expected Unicode text, found {shown(v)}: it has no UTF-8 form"
         if base in ("json", "jsonb"):
             if isinstance(v, str):
@@ -149,14 +149,6 @@ def _writer(col: PgColumn) -> Callable[[Any], tuple[Any, str | None]]:
         return v, None
 
     return write
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def _integer_problem(v: int | Decimal | float, bound: int, col: PgColumn) -> str | None:

@@ -83,7 +83,7 @@ from engine.connectors.base import (
 from engine.connectors.keyrules import sqlite_rule
 from engine.connectors.sqlite_types import READ, Refused, canonical_of, writer
 from engine.errors import AppError, ConnectorError
-from engine.values import Convert, lenient
+from engine.values import Convert, has_utf8, lenient
 
 __all__ = ["SqliteConnector", "sqlite_path"]
 
@@ -987,11 +987,9 @@ def _failure(row: int, op: WriteOp, capture: Capture, exc: Exception) -> WriteFa
                 continue
             found = f"expected a 64-bit integer, found {v}"
         elif isinstance(v, str):
-            try:
-                v.encode()
+            if has_utf8(v):
                 continue
-            except UnicodeEncodeError:
-                found = f"expected Unicode text, found {shown(v)}: it has no UTF-8 form"
+            found = f"expected Unicode text, found {shown(v)}: it has no UTF-8 form"
         else:
             found = f"expected a value SQLite can store, found a {type(v).__name__} value"
         name = capture.columns[i]
