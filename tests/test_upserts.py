@@ -185,15 +185,17 @@ def test_sqlite_a_constraint_that_replaces_on_plain_inserts(tmp_path: Path) -> N
 def maria(tmp_path: Path) -> Iterator[App]:
     harness = MysqlHarness(tmp_path)
     db = harness.db
-    db.execute(
-        "CREATE TABLE people (id INT PRIMARY KEY, email VARCHAR(40) UNIQUE, name VARCHAR(40))"
-    )
-    db.execute("INSERT INTO people VALUES (1, 'u1@x', 'one'), (2, 'u2@x', 'two'),"
-               " (3, 'u3@x', 'three')")  # fmt: skip
-    app = App(db.execute, harness.url, lambda: db.execute("SELECT * FROM people"))
-    yield app
-    app.conn.close()
-    harness.close()
+    try:  # the database goes even when the capture cannot be installed
+        db.execute(
+            "CREATE TABLE people (id INT PRIMARY KEY, email VARCHAR(40) UNIQUE, name VARCHAR(40))"
+        )
+        db.execute("INSERT INTO people VALUES (1, 'u1@x', 'one'), (2, 'u2@x', 'two'),"
+                   " (3, 'u3@x', 'three')")  # fmt: skip
+        app = App(db.execute, harness.url, lambda: db.execute("SELECT * FROM people"))
+        yield app
+        app.conn.close()
+    finally:
+        harness.close()
 
 
 def test_mariadb_replace_of_a_held_row_is_an_update(maria: App) -> None:
@@ -276,10 +278,12 @@ def pg(tmp_path: Path) -> Iterator[App]:
     def execute(sql: str) -> None:
         db.execute(sql.replace("people", table))
 
-    app = App(execute, harness.url, lambda: db.execute(f"SELECT * FROM {table}").fetchall())
-    yield app
-    app.conn.close()
-    harness.close()
+    try:
+        app = App(execute, harness.url, lambda: db.execute(f"SELECT * FROM {table}").fetchall())
+        yield app
+        app.conn.close()
+    finally:
+        harness.close()
 
 
 def test_postgresql_on_conflict_forms(pg: App) -> None:
@@ -338,10 +342,10 @@ def test_upserts_on_each_side_reach_the_other_and_the_sides_verify_equal(
     erp = SqliteApp(tmp_path, SQLITE_TABLES["rowid"])
     harness = MysqlHarness(tmp_path)
     crm = harness.db
-    crm.execute(
-        "CREATE TABLE people (id INT PRIMARY KEY, email VARCHAR(40) UNIQUE, name VARCHAR(40))"
-    )
     try:
+        crm.execute(
+            "CREATE TABLE people (id INT PRIMARY KEY, email VARCHAR(40) UNIQUE, name VARCHAR(40))"
+        )
         engine.add_app("erp", f"sqlite:///{erp.path}")
         engine.add_app("crm", harness.url)
         engine.submit_map(PEOPLE)
