@@ -515,7 +515,8 @@ class PartitionLogic:
                         image[i] = value
                 else:
                     image = apply_write(rec.image(side), entry, key_index, n)
-                held[side] = SAME if image == rec.values[:-1] else image
+                values = rec.values
+                held[side] = SAME if values[-1] is True and image == values[:-1] else image
                 if entry.ctx > held[2 + side]:
                     held[2 + side] = entry.ctx
             else:

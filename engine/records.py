@@ -161,9 +161,11 @@ class Tracked(Record):
         return view
 
     def settle_same(self, side: int) -> None:
-        """Store ``seen[side]`` as `SAME` if it equals the merged values."""
+        """Store ``seen[side]`` as `SAME` if it is the merged record: its values, and the
+        record exists (a side holding a row of a deleted record's values does not hold it)."""
         seen = self.held[side]
-        if isinstance(seen, list) and seen == self.values[:-1]:
+        values = self.values
+        if isinstance(seen, list) and values[-1] is True and seen == values[:-1]:
             self.held[side] = SAME
 
 
