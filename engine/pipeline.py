@@ -91,6 +91,7 @@ DEFAULT_CACHE_RECORDS = 200_000
 """Records a partition keeps in memory beyond those changed since its last checkpoint."""
 
 _packers = threading.local()
+_new = tuple.__new__
 
 
 def partition_of(key: Sequence[Any], partitions: int) -> int:
@@ -377,7 +378,11 @@ class PartitionLogic:
             return None
         old, new = ch.old, ch.new
         assert old is not None and new is not None
-        changed = {i: new[i] for i in self.map.sourced[side] if old[i] != new[i]}
+        changed: dict[int, Any] = {}
+        for i in self.map.sourced[side]:  # NOTE: a loop, not a comprehension: a call less
+            value = new[i]
+            if old[i] != value:
+                changed[i] = value
         if not changed:
             return None
         ts = ch.ts
@@ -394,12 +399,13 @@ class PartitionLogic:
         vv[rank] = ts
         # The other side holds what the side held before the change: the merged values
         # then, which is the change's old image (the side held them, nothing pending).
-        held[other] = old if isinstance(old, list) else list(old)
+        held[other] = old if type(old) is list else list(old)
         key = ch.key
-        entry = Pending(None, "U", key, changed, ts, None)
+        # NOTE: tuple.__new__ skips the named tuples' Python-level __new__ (hot path).
+        entry = _new(Pending, (None, "U", key, changed, ts, None))
         rec.pend = [[], [entry]] if other else [[entry], []]  # (nothing was pending)
         self.pending_keys.add(key)
-        return Write("U", key, changed)
+        return _new(Write, ("U", key, changed, None))
 
     def _unquick(
         self,
@@ -499,17 +505,18 @@ class PartitionLogic:
                     errors.append(self._write_error(side, write, *failed[index], now_ms))
                 continue
             assert isinstance(rec, Tracked) and queue is not None and pend is not None
-            if index in failed:
+            extra = rec.extra
+            if failed and index in failed:
                 del queue[at]
                 rec.held[side] = UNSEEN
                 errors.append(self._write_error(side, write, *failed[index], now_ms))
-            elif passed and at == 0 and self._foldable(rec, side):
+            elif passed and at == 0 and (extra is None or self._foldable(rec, side)):
                 # NOTE: the common case: the side's stream has passed where the write landed,
                 # so no change made before it can come any more: fold it at once.
                 entry = queue.pop(0)
                 held = rec.held
                 image = held[side]
-                if entry.op == "U" and type(image) is list and rec.extra is None:
+                if entry.op == "U" and type(image) is list and extra is None:
                     image = image.copy()  # (no move: the row has the write's key)
                     for i, value in entry.values.items():
                         image[i] = value
