@@ -25,7 +25,7 @@ from engine.connectors import check_url, open_connector
 from engine.drift import Drift, problems, repair
 from engine.errors import AppError, EngineError, MapError, SchemaError, WorkerLost
 from engine.ids import Mode, Side, check_name
-from engine.maps import EntityMap, check_schema, check_types, key_warnings
+from engine.maps import EntityMap, check_schema, check_types, key_warnings, unique_warnings
 from engine.pipeline import partition_of
 from engine.store import Registry
 
@@ -167,7 +167,8 @@ class Coordinator:
 
     def _install(self, emap: EntityMap, urls: dict[str, str]) -> list[str]:
         """Check ``emap`` against both apps' schemas and install its change capture; the
-        warnings (key columns that compare differently on the two sides)."""
+        warnings: key columns that compare differently on the two sides, then unique indexes
+        besides the key that parallel partitions may write out of order."""
         connectors = [open_connector(emap.side(s).app, urls[emap.side(s).app]) for s in Side]
         try:
             schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
@@ -177,7 +178,11 @@ class Coordinator:
             cmap = emap.compile(self.resolvers)
             for side in Side:
                 connectors[side].prepare(cmap.capture(side))
-            return key_warnings(emap, schemas[0], schemas[1])
+            count = emap.partitions or int(self.options.get("partitions", 2))
+            return [
+                *key_warnings(emap, schemas[0], schemas[1]),
+                *unique_warnings(emap, schemas[0], schemas[1], count),
+            ]
         finally:
             for connector in connectors:
                 connector.close()

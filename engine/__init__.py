@@ -24,6 +24,7 @@ from engine.maps import (
     FieldMap,
     KeyComparisonWarning,
     SideSpec,
+    UniqueOrderWarning,
     load_map,
 )
 from engine.verify import VerifyReport
@@ -46,6 +47,7 @@ __all__ = [
     "SideSpec",
     "SyncEngine",
     "SyncTimeout",
+    "UniqueOrderWarning",
     "VerifyReport",
     "WorkerLost",
     "load_map",

@@ -27,7 +27,7 @@ from typing import Any
 from conflict import DEFAULT_TOLERANCE_MS, Resolver, UnknownPolicy, resolver
 from engine.errors import EngineError, SyncTimeout
 from engine.ids import Mode
-from engine.maps import EntityMap, KeyComparisonWarning, load_map
+from engine.maps import EntityMap, KeyComparisonWarning, UniqueOrderWarning, load_map
 from engine.pipeline import DEFAULT_CACHE_RECORDS
 from engine.verify import VerifyReport
 
@@ -140,7 +140,9 @@ class SyncEngine:
 
         A new map starts paused; resubmitting a changed map keeps its mode and state. A key
         column that compares differently on the two sides (case, trailing spaces) is a
-        `KeyComparisonWarning`, also listed in `status()` (``warnings``). A
+        `KeyComparisonWarning`; a unique index besides the key, on a map running on several
+        partitions, a `UniqueOrderWarning` (see the README, "Upserts"); both are also listed
+        in `status()` (``warnings``). A
         custom resolver the map names is taken from `register_resolver` (this process) or
         `SyncEngine.register_resolver`.
         """
@@ -155,7 +157,8 @@ class SyncEngine:
                 self._call("add_resolver", name, fn)
         answer = self._call("submit_map", emap.model_dump(mode="json"))
         for message in answer["warnings"]:
-            warnings.warn(message, KeyComparisonWarning, stacklevel=2)
+            kind = UniqueOrderWarning if "unique index" in message else KeyComparisonWarning
+            warnings.warn(message, kind, stacklevel=2)
         return emap
 
     def play(self, name: str) -> None:

@@ -31,10 +31,12 @@ __all__ = [
     "FieldMap",
     "KeyComparisonWarning",
     "SideSpec",
+    "UniqueOrderWarning",
     "check_schema",
     "check_types",
     "key_warnings",
     "load_map",
+    "unique_warnings",
 ]
 
 POLICIES = ("lww", "prefer", "custom")
@@ -368,6 +370,42 @@ def key_warnings(
             " whose keys collide under a side's rules are refused there (row errors naming"
             " both keys)"
         )
+    return out
+
+
+class UniqueOrderWarning(UserWarning):
+    """A map's target has a unique index besides the key and the map runs on several
+    partitions (see `unique_warnings`)."""
+
+
+def unique_warnings(
+    emap: EntityMap, left: EntitySchema | None, right: EntitySchema | None, partitions: int
+) -> list[str]:
+    """One message per unique index besides the key, on a side the map writes some of its
+    columns to, when the map runs on more than one partition: partitions write in parallel,
+    so a value that moves from one record to another in one transaction (a REPLACE that
+    displaces a row, a swap) can reach the target's index in the other order and be refused
+    there as a duplicate (a row error kept with its payload, written again on the record's
+    next change). One partition keeps such moves in the order they were made."""
+    if partitions <= 1:
+        return []
+    cmap = emap.compile()
+    out = []
+    for side, schema in zip(Side, (left, right), strict=True):
+        if schema is None:
+            continue
+        spec = emap.side(side)
+        written = {(emap.fields[i].left, emap.fields[i].right)[side] for i in cmap.targeted[side]}
+        for cols in schema.unique:
+            if set(cols) == set(spec.key) or not written & set(cols):
+                continue
+            out.append(
+                f"map {emap.name!r}: {spec.app}.{spec.entity} has a unique index on"
+                f" ({', '.join(cols)}) besides its key, and the map runs on {partitions}"
+                " partitions: a value moved from one record to another in one transaction (a"
+                " REPLACE, a swap) can be refused there as a duplicate; set partitions: 1 on"
+                " the map to keep such moves in order"
+            )
     return out
 
 

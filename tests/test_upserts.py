@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from engine import UniqueOrderWarning
 from engine.connectors import Capture, Connector, WriteOp, open_connector
 
 from harness_mysql import MysqlHarness
@@ -410,3 +411,48 @@ def test_postgresql_writes_a_unique_value_another_record_of_the_batch_frees(
 ) -> None:
     _moved_value(pg.conn)
     assert pg.rows()[4] == (4, "u2@x", "four") and pg.rows()[2][1] == "u9@x"
+
+
+@pytest.mark.ray
+def test_a_map_on_several_partitions_over_a_unique_index_warns_naming_it(
+    engine: Any, tmp_path: Path
+) -> None:
+    """Partitions write in parallel: a unique value moved between two records of different
+    partitions may reach the target in the other order. The map is accepted with a warning
+    naming the index on each side it writes, and status() lists it; on one partition (the
+    test above, warnings being errors) there is none."""
+    (tmp_path / "erp").mkdir()
+    (tmp_path / "crm").mkdir()
+    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
+    crm = SqliteApp(tmp_path / "crm", "CREATE TABLE people (id INT PRIMARY KEY, email TEXT,"
+                    " name TEXT, UNIQUE (name, email))")  # fmt: skip
+    try:
+        engine.add_app("erp", f"sqlite:///{erp.path}")
+        engine.add_app("crm", f"sqlite:///{crm.path}")
+        spec = {**PEOPLE, "name": "people2", "partitions": 2}
+        with pytest.warns(UniqueOrderWarning) as caught:
+            engine.submit_map(spec)
+        messages = sorted(str(w.message) for w in caught)
+        assert len(messages) == 2, messages
+        assert "crm.people has a unique index on (name, email) besides its key" in messages[0]
+        assert "erp.people has a unique index on (email) besides its key" in messages[1]
+        assert all("set partitions: 1" in m for m in messages)
+        assert sorted(engine.status()["people2"]["warnings"]) == messages
+        # one way into crm: only the side written is named
+        one_way = {
+            **spec,
+            "name": "people3",
+            "fields": [
+                {"left": "id", "right": "id"},
+                *({"left": c, "right": c, "direction": "left_to_right"} for c in ("email", "name")),
+            ],
+        }
+        with pytest.warns(UniqueOrderWarning) as caught:
+            engine.submit_map(one_way)
+        assert [str(w.message).split(" has ")[0] for w in caught] == ["map 'people3': crm.people"]
+    finally:
+        for name in {"people2", "people3"} & set(engine.status()):
+            engine.remove_map(name)
+        for app in (erp, crm):
+            app.conn.close()
+            app.db.close()
