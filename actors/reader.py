@@ -37,7 +37,6 @@ The loop never dies on an exception: it records it, backs off and tries again.
 
 from __future__ import annotations
 
-import functools
 import operator
 import os
 import threading
@@ -54,7 +53,7 @@ from engine.connectors import RawChange, open_connector
 from engine.errors import DualsyncError
 from engine.ids import Mode, Side
 from engine.maps import EntityMap
-from engine.pipeline import partition_of
+from engine.pipeline import partition_of, partitioner
 
 ACK_EVERY_S = 1.0
 WINDOW = 2  # batches in flight at once (measured best on 2 cores with python -m bench e2e)
@@ -474,7 +473,7 @@ class Reader:
             stamps = [clock.now(snapshot_ms) for _ in raws]
         else:
             stamps = clock.stamp_many([raw.at_ms for raw in raws], earliest, latest)
-        owner: Any = (lambda key: 0) if n == 1 else functools.partial(partition_of, partitions=n)
+        owner = partitioner(n)
         get, single = self.key_of, len(key_idx) == 1  # ``get``: a key value, or a tuple
         # NOTE: the hot path of the reader: one pass, no generator per change.
         for raw, ts in zip(raws, stamps, strict=True):

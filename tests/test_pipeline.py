@@ -1062,3 +1062,21 @@ def test_the_quick_path_for_plain_updates_matches_the_general_one(
                 rows[target][w.key[0]][i] = v
         states = [{k: encode_record(r) for k, r in lg.cache.items()} for lg in logics]
         assert states[0] == states[1]
+
+
+@settings(max_examples=300)
+@given(
+    key=st.lists(
+        st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=12)), min_size=1, max_size=3
+    ),
+    partitions=st.integers(1, 64),
+)
+def test_the_readers_partitioner_routes_every_key_as_partition_of(
+    key: list[Any], partitions: int
+) -> None:
+    """The reader's per-batch router must agree with `partition_of` (state is stored by it)."""
+    from engine.pipeline import partition_of, partitioner
+
+    owner = partitioner(partitions)
+    assert owner(key) == owner(tuple(key)) == partition_of(key, partitions)
+    assert 0 <= owner(key) < partitions

@@ -609,7 +609,7 @@ class SqliteConnector(Connector):
         )
 
         image = self._reader(capture)
-        make = RawChange._make
+        make = tuple.__new__  # NOTE: not RawChange._make: a Python-level call less per change
         plain = not any(self._codec(capture)[0])  # no column needs converting
         mid = 3 + n
 
@@ -619,13 +619,14 @@ class SqliteConnector(Connector):
                 # NOTE: the reader's hot path: slices of the row, no conversion call.
                 return [
                     make(
+                        RawChange,
                         (
                             row[0],
                             row[1],
                             row[2],
                             None if row[1] == "I" else row[3:mid],
                             None if row[1] == "D" else row[mid:],
-                        )
+                        ),
                     )
                     for row in rows
                 ]
@@ -930,12 +931,21 @@ def _stored(
         # op is made only where one changes.
         values = op.values
         changed: dict[int, Any] | None = None
-        for i, f in active:
-            v = values.get(i)
-            if v is not None and (w := f(v)) is not v:
-                if changed is None:
-                    changed = dict(values)
-                changed[i] = w
+        if len(values) < len(active):
+            # (the usual update: a few values; look up each one's writer)
+            for i, v in values.items():
+                f = writes[i]
+                if f is not None and v is not None and (w := f(v)) is not v:
+                    if changed is None:
+                        changed = dict(values)
+                    changed[i] = w
+        else:
+            for i, f in active:
+                v = values.get(i)
+                if v is not None and (w := f(v)) is not v:
+                    if changed is None:
+                        changed = dict(values)
+                    changed[i] = w
         key, old = op.key, op.old
         if keyed:
             key = _key_out(key, writes, key_index)
@@ -960,6 +970,12 @@ def _key_out(
     key: tuple[Any, ...], writes: Sequence[Convert | None], key_index: tuple[int, ...]
 ) -> tuple[Any, ...]:
     """``key`` as stored (``key`` itself where no value changes)."""
+    if len(key_index) == 1:  # NOTE: the hot path: one key column
+        v = key[0]
+        f = writes[key_index[0]]
+        if v is None or f is None or (w := f(v)) is v:
+            return key
+        return (w,)
     out = key
     for n, i in enumerate(key_index):
         v = key[n]
