@@ -253,6 +253,10 @@ class Coordinator:
                     "clock_tolerance_ms": r.get("clock_tolerance_ms"),
                     "changes": sum(s["changes"][side] for s in parts if s),
                     "writes": sum(s["writes"][side] for s in parts if s),
+                    # records refused on a duplicate unique value: waiting to be written
+                    # again, and the writes made again so far
+                    "retrying": sum(s["retrying"][side] for s in parts if s),
+                    "retried": sum(s["retried"][side] for s in parts if s),
                 }
             out[name] = {
                 "mode": p.mode.value,

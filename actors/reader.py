@@ -58,6 +58,7 @@ from engine.pipeline import partition_of, partitioner
 ACK_EVERY_S = 1.0
 WINDOW = 2  # batches in flight at once (measured best on 2 cores with python -m bench e2e)
 IDLE_WAIT_S = 0.05
+RETRY_WAIT_S = 0.02  # between flushes of a partition with refused records to write again
 CALL_TIMEOUT_S = 120.0
 
 
@@ -224,6 +225,8 @@ class Reader:
         self.behind.clear()
         self.inflight.clear()
         self.busy.clear()
+        # partitions with refused records to write again want flushing (see `_step`)
+        self.busy.update(i for i, a in enumerate(answers) if a.get("retrying"))
         # Mail the partitions sent through us before a restart: deliver it (again).
         refs = [ray_api.call(p, "outbox", int(self.side)) for p in self.partitions]
         boxes = ray_api.get(refs, timeout=CALL_TIMEOUT_S)
@@ -296,12 +299,18 @@ class Reader:
             except DualsyncError:
                 self.behind.update(unflushed)
                 raise
+            retrying = False
             for p, answer in zip(unflushed, answers, strict=True):
                 durable = int(answer["durable"])
                 self.sent[p] = durable
-                self.busy.discard(p)
+                if answer.get("retrying"):
+                    retrying = True  # records it writes again soon: flush it again then
+                else:
+                    self.busy.discard(p)
                 if durable < self.expected[p]:
                     self.behind.add(p)  # it restarted and lost what was in flight: resend
+            if retrying:
+                self.connector.wait_for_changes(self.capture, self.read_pos, RETRY_WAIT_S)
             return
         self.polls += 1
         self.idle = True
@@ -397,7 +406,7 @@ class Reader:
                 self.behind.add(p)
             elif self.sent is not None:
                 self.sent[p] = max(self.sent[p], int(answer["durable"]))
-            if answer.get("busy"):
+            if answer.get("busy") or answer.get("retrying"):
                 self.busy.add(p)
             else:
                 self.busy.discard(p)

@@ -73,6 +73,7 @@ class Writer:
         columns = self.capture.columns
         return [
             [f.row, None if f.column is None else columns.index(f.column), f.message]
+            + ([True] if f.duplicate else [])
             for f in failures
         ]
 

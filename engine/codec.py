@@ -21,7 +21,8 @@ Messages (version 2):
               ``number`` (the receipt number the connector records with the write) and
               ``rows``: ``[op, key, {field_index: value}, old_key or nil]``.
 ``result``    writer -> partition. ``position`` (where the write landed in the side's change
-              log) and ``errors``: ``[row_index, field_index or nil, message]``.
+              log) and ``errors``: ``[row_index, field_index or nil, message]``, with a 4th
+              item true for a row refused on a duplicate unique value.
 ``record``    a partition's persisted record state (see `engine.records`).
 
 A partition answers ``apply`` and ``deliver`` with a plain dict: ``status`` (``ok``, or

@@ -384,9 +384,10 @@ def unique_warnings(
     """One message per unique index besides the key, on a side the map writes some of its
     columns to, when the map runs on more than one partition: partitions write in parallel,
     so a value that moves from one record to another in one transaction (a REPLACE that
-    displaces a row, a swap) can reach the target's index in the other order and be refused
-    there as a duplicate (a row error kept with its payload, written again on the record's
-    next change). One partition keeps such moves in the order they were made."""
+    displaces a row) can reach the target's index in the other order and be refused there
+    as a duplicate: the partition writes the record again a few times, a little later each
+    time (`engine.pipeline.RETRY_ATTEMPTS`), and then logs a row error with its payload.
+    One partition keeps such moves in the order they were made."""
     if partitions <= 1:
         return []
     cmap = emap.compile()
@@ -403,8 +404,9 @@ def unique_warnings(
                 f"map {emap.name!r}: {spec.app}.{spec.entity} has a unique index on"
                 f" ({', '.join(cols)}) besides its key, and the map runs on {partitions}"
                 " partitions: a value moved from one record to another in one transaction (a"
-                " REPLACE, a swap) can be refused there as a duplicate; set partitions: 1 on"
-                " the map to keep such moves in order"
+                " REPLACE that displaces a row) can reach it out of order; the refused record"
+                " is written again for a few seconds, then is a row error; set partitions: 1"
+                " on the map to keep such moves in order"
             )
     return out
 

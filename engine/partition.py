@@ -106,6 +106,7 @@ class PartitionRunner:
             "checkpoints": 0,
             "replayed": 0,
             "resent": 0,
+            "retried": [0, 0],  # per side: writes made again after a duplicate refusal
         }
         self._reset({})
 
@@ -169,6 +170,8 @@ class PartitionRunner:
         if msg.get("mail") is not None:
             merged, deferred = self._take_mail(side, msg, 0)
             return merged, len(msg["mail"]) - len(deferred)
+        if msg.get("retry") is not None:
+            return self.logic.retry(side, [tuple(k) for k in msg["retry"]], 0), 0
         changes, _ = self._changes(side, msg)
         return self.logic.ingest(side, changes, 0, self._upto(msg)), len(changes)
 
@@ -243,6 +246,8 @@ class PartitionRunner:
         self._record(side, payload, merged, errors, len(changes))
         if mail:
             self._complete()
+        if self.logic.retry_due[0] or self.logic.retry_due[1]:
+            self._retry_due()  # (a stream that never pauses still retries)
         return self._answer(side, mail=mail)
 
     def deliver(self, side: Side, payload: bytes) -> dict[str, Any]:
@@ -276,10 +281,36 @@ class PartitionRunner:
         return merged, items[taken:]
 
     def flush(self, side: Side, acked: int = 0) -> dict[str, Any]:
-        """Wait for the last batch's writes and record their outcome."""
+        """Wait for the last batch's writes and record their outcome; then write again the
+        records refused on a duplicate unique value whose next try is due (see
+        `engine.pipeline.PartitionLogic.retry`): the answer says ``retrying`` while any
+        wait, so the reader flushes again a little later."""
         self._ack(side, {"acked": acked})
         self._complete()
+        self._retry_due()
         return self._answer(side)
+
+    def _retry_due(self) -> None:
+        """Write again the refused records whose next try is due (one WAL row per side)."""
+        now = self.now_ms()
+        for target in Side:
+            keys = self.logic.retries_due(target, now)
+            if not keys:
+                continue
+            self._complete()
+            # NOTE: in the WAL like any batch, so that a restart replays the same writes.
+            payload = encode(
+                "changes",
+                side=int(target),
+                snap=False,
+                to=self.cursors[target],
+                rows=[],
+                retry=[list(k) for k in keys],
+                **{"from": self.cursors[target]},
+            )
+            merged = self.logic.retry(target, keys, now)
+            self._record(target, payload, merged, [], 0)
+            self.counts["retried"][target] += len(merged.writes[target])
 
     def outbox_of(self, side: Side) -> list[list[Any]]:
         """The mail of ``side``'s reader not acknowledged yet (a restarted reader sends it
@@ -325,6 +356,8 @@ class PartitionRunner:
             "durable": self.cursors[side],
             "busy": self.inflight is not None,  # writes under way: a flush confirms them
         }
+        if self.logic.retrying[0] or self.logic.retrying[1]:
+            answer["retrying"] = True
         if mail:
             answer["mail"] = mail
         return answer
@@ -446,6 +479,7 @@ class PartitionRunner:
             "dirty": len(cache.dirty),
             "loads": cache.loads,
             "wal_changes": self.wal_changes,
+            "retrying": [len(self.logic.retrying[0]), len(self.logic.retrying[1])],
             "epoch": self.epoch,
             **self.counts,
             **self.store.counts(),

@@ -91,6 +91,10 @@ EXISTS_FIELD = "$exists"
 DEFAULT_CACHE_RECORDS = 200_000
 """Records a partition keeps in memory beyond those changed since its last checkpoint."""
 
+RETRY_ATTEMPTS = 6
+"""Times a write refused on a duplicate unique value is tried again before it is an error."""
+RETRY_BASE_MS = 50  # the first retry after this long, each next one after twice as long
+
 _packers = threading.local()
 _new = tuple.__new__
 
@@ -260,6 +264,10 @@ class PartitionLogic:
         # transaction is open), and the records whose writes to it wait until then.
         self.opened = [live, live]
         self.deferred: list[set[RecordKey]] = [set(), set()]
+        # Per side: records a write refused on a duplicate unique value (which a write of
+        # another partition may free), with the attempts so far, and when each is due again.
+        self.retrying: list[dict[RecordKey, int]] = [{}, {}]
+        self.retry_due: list[dict[RecordKey, int]] = [{}, {}]
         self.quick = True  # take `_quick` where it applies (tests turn it off to compare)
         self.resolver_failures: list[tuple[str, str]] = []  # (field, message), per record
         self._reported: set[tuple[RecordKey, str]] = set()
@@ -275,6 +283,7 @@ class PartitionLogic:
             "pending": [list(k) for k in self.pending_keys],
             "opened": list(self.opened),
             "deferred": [[list(k) for k in keys] for keys in self.deferred],
+            "retrying": [[[list(k), n] for k, n in keys.items()] for keys in self.retrying],
         }
 
     def restore(self, meta: dict[str, Any]) -> None:
@@ -285,6 +294,10 @@ class PartitionLogic:
         self.pending_keys = {tuple(k) for k in meta.get("pending", [])}
         self.opened = list(meta.get("opened", [False, False]))
         self.deferred = [{tuple(k) for k in keys} for keys in meta.get("deferred", [[], []])]
+        self.retrying = [
+            {tuple(k): int(n) for k, n in keys} for keys in meta.get("retrying", [[], []])
+        ]
+        self.retry_due = [dict.fromkeys(keys, 0) for keys in self.retrying]  # due at once
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -488,7 +501,9 @@ class PartitionLogic:
         until the side's change stream passes its position. The caller confirms a batch
         before merging changes of ``side`` to records it wrote (the runner does).
         """
-        failed = {index: (field, message) for index, field, message in failures}
+        # (a 4th item, true: refused on a duplicate unique value; older WAL rows lack it)
+        failed = {f[0]: (f[1], f[2], bool(f[3] if len(f) > 3 else False)) for f in failures}
+        retrying = self.retrying[side]
         errors: list[ErrorEntry] = []
         cache = self.cache
         dirty = cache.dirty
@@ -517,14 +532,20 @@ class PartitionLogic:
             if at < 0:
                 # A delete of a row merged into another record (see `_collide`).
                 if index in failed:
-                    errors.append(self._write_error(side, write, *failed[index], now_ms))
+                    field, message, _ = failed[index]
+                    errors.append(self._write_error(side, write, field, message, now_ms))
                 continue
             assert isinstance(rec, Tracked) and queue is not None and pend is not None
             extra = rec.extra
             if failed and index in failed:
                 del queue[at]
                 rec.held[side] = UNSEEN
-                errors.append(self._write_error(side, write, *failed[index], now_ms))
+                field, message, duplicate = failed[index]
+                if not (duplicate and self._retry_later(side, key, now_ms)):
+                    tried = retrying.pop(key, 0)
+                    if tried:
+                        message = f"{message} (tried {tried + 1} times)"
+                    errors.append(self._write_error(side, write, field, message, now_ms))
             elif passed and at == 0 and (extra is None or self._foldable(rec, side)):
                 # NOTE: the common case: the side's stream has passed where the write landed,
                 # so no change made before it can come any more: fold it at once.
@@ -545,6 +566,9 @@ class PartitionLogic:
                 queue[at] = queue[at]._replace(position=position)
                 if passed:
                     self._fold(rec, side, upto)
+            if retrying and key in retrying and not (failed and index in failed):
+                del retrying[key]  # written at last
+                self.retry_due[side].pop(key, None)
             if not pend[0] and not pend[1]:
                 rec.pend = None
                 self.pending_keys.discard(key)
@@ -563,6 +587,44 @@ class PartitionLogic:
             if self._fold(rec, side, upto):
                 self.cache.put(key, rec)
             self._track_pending(key, rec)
+
+    def _retry_later(self, side: Side, key: RecordKey, now_ms: int) -> bool:
+        """Schedule ``key``'s record to be written to ``side`` again (False: it was tried
+        often enough; its refusal is an error)."""
+        attempts = self.retrying[side].get(key, 0)
+        if attempts >= RETRY_ATTEMPTS:
+            return False
+        self.retrying[side][key] = attempts + 1
+        self.retry_due[side][key] = now_ms + RETRY_BASE_MS * 2**attempts
+        return True
+
+    def retries_due(self, side: Side, now_ms: int) -> list[RecordKey]:
+        """The records refused on ``side`` on a duplicate value whose next try is due."""
+        return [key for key, due in self.retry_due[side].items() if due <= now_ms]
+
+    def retry(self, side: Side, keys: Sequence[RecordKey], now_ms: int) -> Outcome:
+        """Write the records of ``keys`` to ``side`` again, whole: each was refused there on
+        a unique value another row held. A write of another partition may have freed it since
+        (a value moved between two records of different partitions), or the record changed.
+        What the side holds is unknown since the refusal, so the write is an upsert of the
+        merged record (a delete if it was deleted meanwhile)."""
+        out = _outcome()
+        self.cache.fetch(keys)
+        due = self.retry_due[side]
+        for key in keys:
+            due.pop(key, None)
+            rec = self.cache.get(key)
+            write = None
+            if isinstance(rec, Tracked) and self.opened[side]:
+                write = self._converge(key, rec, side, None)
+            if write is None:
+                self.retrying[side].pop(key, None)
+                continue
+            assert isinstance(rec, Tracked)
+            self.cache.put(key, rec)
+            out.writes[side].append(write)
+            self._assume(key, rec, side, write)
+        return out
 
     def read_error(
         self, side: Side, change_seq: int, field: str | None, message: str, row: Any, now_ms: int

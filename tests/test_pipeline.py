@@ -1080,3 +1080,57 @@ def test_the_readers_partitioner_routes_every_key_as_partition_of(
     owner = partitioner(partitions)
     assert owner(key) == owner(tuple(key)) == partition_of(key, partitions)
     assert 0 <= owner(key) < partitions
+
+
+def test_a_write_refused_on_a_duplicate_value_is_tried_again_with_backoff_then_logged() -> None:
+    """A value moved between records of two partitions can reach the target's unique index
+    in the other order: the refused record is written again, whole, a little later each
+    time, and only logged (with its payload, saying how often it was tried) if it never
+    lands; a retry that lands clears it, and the state survives a restart (meta)."""
+    from engine.pipeline import RETRY_ATTEMPTS, RETRY_BASE_MS
+
+    logic = PartitionLogic(compiled(), live=True)
+    out = logic.ingest(L, [insert(1, fin(1_000), row())], NOW)
+    dup = [(0, 1, "UNIQUE constraint failed: accounts.name", True)]
+    assert logic.confirm(R, out.writes[R], 10, dup, NOW) == []
+    assert held(logic, R) is UNSEEN
+    assert logic.retries_due(R, NOW + RETRY_BASE_MS - 1) == []
+    assert logic.retries_due(R, NOW + RETRY_BASE_MS) == [KEY]
+    whole = Write("I", KEY, {0: "A1", 1: "Acme", 2: 500, 3: "555"})
+    errors: list[Any] = []
+    now = NOW
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        now += RETRY_BASE_MS * 2 ** (attempt - 1)
+        assert logic.retries_due(R, now - 1) == []  # each wait twice as long as the last
+        assert logic.retries_due(R, now) == [KEY]
+        again = logic.retry(R, [KEY], now)
+        assert again.writes[R] == [whole] and again.writes[L] == []
+        errors = logic.confirm(R, again.writes[R], 10, dup, now)
+        if attempt < RETRY_ATTEMPTS:
+            assert errors == []
+    [error] = errors
+    assert error.kind == "write" and error.field == "name" and error.key == KEY
+    assert error.message.endswith(f"(tried {RETRY_ATTEMPTS + 1} times)")
+    assert error.payload["values"] == {"account": "A1", "name": "Acme", "credit_limit": 500,
+                                       "phone": "555"}  # fmt: skip
+    assert logic.retrying == [{}, {}] and logic.retries_due(R, now + 10**9) == []
+
+    # refused once, then freed: the retry lands and nothing is logged
+    out = logic.ingest(L, [update(2, fin(2_000), row(), row(phone="777"))], NOW)
+    assert logic.confirm(R, out.writes[R], 10, dup, NOW) == []
+    restored = PartitionLogic(compiled(), live=True, load=None)
+    restored.restore(logic.meta())
+    assert restored.retrying == logic.retrying == [{}, {KEY: 1}]
+    assert restored.retries_due(R, 0) == [KEY]  # due at once after a restart
+    again = logic.retry(R, logic.retries_due(R, NOW + RETRY_BASE_MS), NOW + RETRY_BASE_MS)
+    assert logic.confirm(R, again.writes[R], 10, [], NOW + RETRY_BASE_MS) == []
+    assert logic.retrying == [{}, {}]
+    assert_converged(logic)
+
+
+def test_a_write_refused_for_another_reason_is_not_tried_again() -> None:
+    logic = PartitionLogic(compiled(), live=True)
+    out = logic.ingest(L, [insert(1, fin(1_000), row())], NOW)
+    [error] = logic.confirm(R, out.writes[R], 10, [(0, 2, "out of range", False)], NOW)
+    assert error.message == "out of range"
+    assert logic.retrying == [{}, {}] and logic.retries_due(R, NOW + 10**9) == []

@@ -52,6 +52,7 @@ ENGINE_API = [
     "SideSpec",
     "SyncEngine",
     "SyncTimeout",
+    "UniqueOrderWarning",
     "VerifyReport",
     "WorkerLost",
     "load_map",

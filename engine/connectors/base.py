@@ -190,11 +190,14 @@ class WriteResult(NamedTuple):
 
 
 class WriteFailure(NamedTuple):
-    """A record of a batch the application refused. ``row`` is its position in the batch."""
+    """A record of a batch the application refused. ``row`` is its position in the batch;
+    ``duplicate``: refused on a unique value another row holds (which a later write may
+    free: the engine tries it again, see `engine.pipeline`)."""
 
     row: int
     column: str | None
     message: str
+    duplicate: bool = False
 
 
 class WriteReceipt(NamedTuple):
@@ -208,11 +211,12 @@ class WriteReceipt(NamedTuple):
 def pack_failures(failures: Sequence[WriteFailure]) -> str | None:
     """The refused records of a batch as receipt tables store them: None when there are none
     (most batches), else a compact JSON list ``[[row, column or null, message], ...]`` in the
-    order given (the `WriteResult`'s). ASCII only (``\\uXXXX`` escapes), so any column charset
-    holds it and NUL or a lone surrogate in a message survives; messages are kept whole."""
+    order given (the `WriteResult`'s), a 4th item 1 for a duplicate. ASCII only (``\\uXXXX``
+    escapes), so any column charset holds it and NUL or a lone surrogate in a message
+    survives; messages are kept whole."""
     if not failures:
         return None
-    rows = [[int(f.row), f.column, f.message] for f in failures]
+    rows = [[int(f.row), f.column, f.message, *([1] if f.duplicate else [])] for f in failures]
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -220,7 +224,10 @@ def unpack_failures(stored: str | bytes | None) -> list[WriteFailure]:
     """The inverse of `pack_failures` (NULL, or an empty list, is no failure)."""
     if not stored:
         return []
-    return [WriteFailure(int(row), column, message) for row, column, message in json.loads(stored)]
+    return [
+        WriteFailure(int(item[0]), item[1], item[2], bool(item[3:] and item[3]))
+        for item in json.loads(stored)
+    ]
 
 
 class Connector(abc.ABC):

@@ -936,8 +936,9 @@ class MysqlConnector(Connector):
                 column = _column_of(
                     str(exc.args[1]) if len(exc.args) > 1 else message, capture, table
                 )
-                failures.append(WriteFailure(group.rows[sel[0]], column, message))
-                if dups is not None and _errno(exc) == 1062:  # ER_DUP_ENTRY
+                duplicate = _errno(exc) == 1062  # ER_DUP_ENTRY
+                failures.append(WriteFailure(group.rows[sel[0]], column, message, duplicate))
+                if dups is not None and duplicate:
                     dups.append((group, sel[0]))
                 return
         mid = len(sel) // 2

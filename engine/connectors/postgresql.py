@@ -813,8 +813,9 @@ class PostgresConnector(Connector):
                 message = _message(exc)
                 if column is not None and column not in message:
                     message = f"column {column!r}: {message}"
-                failures.append(WriteFailure(rows[0][0], column, message))
-                if dups is not None and exc.sqlstate == "23505":  # unique_violation
+                duplicate = exc.sqlstate == "23505"  # unique_violation
+                failures.append(WriteFailure(rows[0][0], column, message, duplicate))
+                if dups is not None and duplicate:
                     dups.append((statement, rows[0]))
                 return
             half = len(rows) // 2

@@ -992,7 +992,7 @@ def _failure(row: int, op: WriteOp, capture: Capture, exc: Exception) -> WriteFa
     message = str(exc)
     column = _column_of(message, capture)
     if column is not None:
-        return WriteFailure(row, column, message)
+        return WriteFailure(row, column, message, _unique(exc))
     key = zip(capture.key_index, op.key, strict=True)
     old = zip(capture.key_index, op.old or (), strict=True) if op.op == "M" else ()
     for i, v in (*key, *op.values.items(), *old):
