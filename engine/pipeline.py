@@ -92,7 +92,8 @@ DEFAULT_CACHE_RECORDS = 200_000
 """Records a partition keeps in memory beyond those changed since its last checkpoint."""
 
 RETRY_ATTEMPTS = 6
-"""Times a write refused on a duplicate unique value is tried again before it is an error."""
+"""Times a write refused on a duplicate unique value is tried again without progress (none
+of the partition's refused records landing meanwhile) before it is an error."""
 RETRY_BASE_MS = 50  # the first retry after this long, each next one after twice as long
 
 _packers = threading.local()
@@ -504,6 +505,7 @@ class PartitionLogic:
         # (a 4th item, true: refused on a duplicate unique value; older WAL rows lack it)
         failed = {f[0]: (f[1], f[2], bool(f[3] if len(f) > 3 else False)) for f in failures}
         retrying = self.retrying[side]
+        landed = False  # a record refused before was written at last
         errors: list[ErrorEntry] = []
         cache = self.cache
         dirty = cache.dirty
@@ -569,9 +571,16 @@ class PartitionLogic:
             if retrying and key in retrying and not (failed and index in failed):
                 del retrying[key]  # written at last
                 self.retry_due[side].pop(key, None)
+                landed = True
             if not pend[0] and not pend[1]:
                 rec.pend = None
                 self.pending_keys.discard(key)
+        if landed and retrying:
+            # Progress: what is still refused may wait on what just landed (a chain of moved
+            # values): its tries count again from the first.
+            for key in retrying:
+                retrying[key] = 1
+                self.retry_due[side][key] = now_ms + RETRY_BASE_MS
         return errors
 
     def settle(self, side: Side, upto: int) -> None:

@@ -509,3 +509,52 @@ def test_rows_displaced_across_two_partitions_land_by_retrying(engine: Any, tmp_
         for app in (erp, crm):
             app.conn.close()
             app.db.close()
+
+
+@pytest.mark.ray
+def test_a_chain_of_values_moved_across_two_partitions_lands_by_retrying(
+    engine: Any, tmp_path: Path
+) -> None:
+    """One transaction moves unique values along a chain of 40 records alternating between
+    two partitions, each taking the value the next one gives up. Every partition's batch is
+    refused on values the other still holds, and only one link can land per round: retries
+    go on while some of them land (the count of tries starts again), so the chain ends
+    written, with no error."""
+    from engine.pipeline import partition_of
+
+    (tmp_path / "erp").mkdir()
+    (tmp_path / "crm").mkdir()
+    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
+    crm = SqliteApp(tmp_path / "crm", SQLITE_TABLES["rowid"])
+    by_part: list[list[int]] = [[], []]
+    for i in range(10, 1000):
+        by_part[partition_of([i], 2)].append(i)
+    chain = [x for pair in zip(by_part[0][:20], by_part[1][:20], strict=True) for x in pair]
+    for app in (erp, crm):
+        app.db.executemany(
+            "INSERT INTO people VALUES (?, ?, ?)", [(i, f"e{i}@x", f"n{i}") for i in chain]
+        )
+    try:
+        engine.add_app("erp", f"sqlite:///{erp.path}")
+        engine.add_app("crm", f"sqlite:///{crm.path}")
+        with pytest.warns(UniqueOrderWarning):
+            engine.submit_map({**PEOPLE, "name": "chain", "partitions": 2})
+        engine.play("chain")
+        engine.wait_idle(timeout=60)
+        statements = [f"UPDATE people SET email = 'fresh@x' WHERE id = {chain[-1]}"]
+        statements += [
+            f"UPDATE people SET email = 'e{b}@x' WHERE id = {a}"
+            for a, b in zip(chain[-2::-1], chain[:0:-1], strict=True)
+        ]
+        erp.db.executescript("BEGIN; " + "; ".join(statements) + "; COMMIT;")
+        assert erp.rows()[chain[0]][1] == f"e{chain[1]}@x"
+        engine.wait_idle(timeout=120)
+        assert [e["message"] for e in engine.errors("chain")] == []
+        assert crm.rows() == erp.rows()
+        assert engine.status()["chain"]["sides"]["right"]["retried"] > 0
+    finally:
+        if "chain" in engine.status():
+            engine.remove_map("chain")
+        for app in (erp, crm):
+            app.conn.close()
+            app.db.close()
