@@ -137,7 +137,8 @@ class Coordinator:
 
     def submit_map(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Validate a map against the apps and their schemas, then (re)build its pipeline.
-        Answers ``{"spec", "warnings"}``."""
+        Answers ``{"spec", "warnings", "kinds"}``: each warning's kind is ``key`` (a key
+        column compares differently on the two sides) or ``unique`` (see `_install`)."""
         emap = EntityMap.model_validate(spec)
         urls = self.registry.urls()
         emap.check_apps(urls)
@@ -149,13 +150,15 @@ class Coordinator:
                     resolver(name)
                 except LookupError as exc:
                     raise MapError(emap.name, "conflict.resolver", str(exc)) from None
-        warnings = self._install(emap, urls)
+        found = self._install(emap, urls)
+        warnings = [message for _, message in found]
+        answer = {"warnings": warnings, "kinds": [kind for kind, _ in found]}
         spec = emap.model_dump(mode="json")
         with self._lock:
             known = self.registry.maps().get(emap.name)
             if known is not None and known[0] == spec and emap.name in self.pipelines:
                 self.pipelines[emap.name].warnings = warnings
-                return {"spec": spec, "warnings": warnings}
+                return {"spec": spec, **answer}
             mode = Mode(known[1]) if known else Mode.PAUSE
             self.registry.put_map(emap.name, spec, mode.value)
             if emap.name in self.pipelines:
@@ -163,12 +166,13 @@ class Coordinator:
             pipeline = self._build(emap.name, spec, mode)
             pipeline.warnings = warnings
         ray_api.get([ray_api.call(a, "ready") for a in pipeline.actors()], timeout=READY_TIMEOUT_S)
-        return {"spec": spec, "warnings": warnings}
+        return {"spec": spec, **answer}
 
-    def _install(self, emap: EntityMap, urls: dict[str, str]) -> list[str]:
+    def _install(self, emap: EntityMap, urls: dict[str, str]) -> list[tuple[str, str]]:
         """Check ``emap`` against both apps' schemas and install its change capture; the
-        warnings: key columns that compare differently on the two sides, then unique indexes
-        besides the key that parallel partitions may write out of order."""
+        warnings, as ``(kind, message)``: key columns that compare differently on the two
+        sides, then unique indexes besides the key that parallel partitions may write out of
+        order."""
         connectors = [open_connector(emap.side(s).app, urls[emap.side(s).app]) for s in Side]
         try:
             schemas = [connectors[s].describe(emap.side(s).entity) for s in Side]
@@ -180,8 +184,8 @@ class Coordinator:
                 connectors[side].prepare(cmap.capture(side))
             count = emap.partitions or int(self.options.get("partitions", 2))
             return [
-                *key_warnings(emap, schemas[0], schemas[1]),
-                *unique_warnings(emap, schemas[0], schemas[1], count),
+                *(("key", m) for m in key_warnings(emap, schemas[0], schemas[1])),
+                *(("unique", m) for m in unique_warnings(emap, schemas[0], schemas[1], count)),
             ]
         finally:
             for connector in connectors:

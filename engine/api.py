@@ -156,9 +156,9 @@ class SyncEngine:
             else:
                 self._call("add_resolver", name, fn)
         answer = self._call("submit_map", emap.model_dump(mode="json"))
-        for message in answer["warnings"]:
-            kind = UniqueOrderWarning if "unique index" in message else KeyComparisonWarning
-            warnings.warn(message, kind, stacklevel=2)
+        for kind, message in zip(answer["kinds"], answer["warnings"], strict=True):
+            category = UniqueOrderWarning if kind == "unique" else KeyComparisonWarning
+            warnings.warn(message, category, stacklevel=2)
         return emap
 
     def play(self, name: str) -> None:

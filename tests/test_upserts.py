@@ -10,8 +10,9 @@ tests run the issue's case through the engine and `verify` the two sides.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,41 @@ def test_postgresql_writes_a_unique_value_another_record_of_the_batch_frees(
     assert pg.rows()[4] == (4, "u2@x", "four") and pg.rows()[2][1] == "u9@x"
 
 
+@contextlib.contextmanager
+def two_apps(
+    engine: Any, tmp_path: Path, crm_ddl: str, rows: Sequence[tuple[Any, ...]] = ()
+) -> Iterator[tuple[SqliteApp, SqliteApp]]:
+    """SQLite apps ``erp`` (`SQLITE_TABLES` rowid) and ``crm`` (``crm_ddl``), each holding
+    `ROWS` and ``rows``, added to the engine; the maps they were given are removed after."""
+    (tmp_path / "erp").mkdir()
+    (tmp_path / "crm").mkdir()
+    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
+    crm = SqliteApp(tmp_path / "crm", crm_ddl)
+    for app in (erp, crm):
+        app.db.executemany("INSERT INTO people VALUES (?, ?, ?)", rows)
+    try:
+        engine.add_app("erp", f"sqlite:///{erp.path}")
+        engine.add_app("crm", f"sqlite:///{crm.path}")
+        yield erp, crm
+    finally:
+        for name, spec in engine.status().items():
+            if {spec["sides"]["left"]["app"], spec["sides"]["right"]["app"]} == {"erp", "crm"}:
+                engine.remove_map(name)
+        for app in (erp, crm):
+            app.conn.close()
+            app.db.close()
+
+
+def ids_by_partition(count: int) -> tuple[list[int], list[int]]:
+    """``count`` ids (from 10) owned by partition 0 of 2, and ``count`` owned by partition 1."""
+    from engine.pipeline import partition_of
+
+    by_part: list[list[int]] = [[], []]
+    for i in range(10, 10_000):
+        by_part[partition_of([i], 2)].append(i)
+    return by_part[0][:count], by_part[1][:count]
+
+
 @pytest.mark.ray
 def test_a_map_on_several_partitions_over_a_unique_index_warns_naming_it(
     engine: Any, tmp_path: Path
@@ -423,14 +459,10 @@ def test_a_map_on_several_partitions_over_a_unique_index_warns_naming_it(
     partitions may reach the target in the other order. The map is accepted with a warning
     naming the index on each side it writes, and status() lists it; on one partition (the
     test above, warnings being errors) there is none."""
-    (tmp_path / "erp").mkdir()
-    (tmp_path / "crm").mkdir()
-    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
-    crm = SqliteApp(tmp_path / "crm", "CREATE TABLE people (id INT PRIMARY KEY, email TEXT,"
-                    " name TEXT, UNIQUE (name, email))")  # fmt: skip
-    try:
-        engine.add_app("erp", f"sqlite:///{erp.path}")
-        engine.add_app("crm", f"sqlite:///{crm.path}")
+    crm_ddl = (
+        "CREATE TABLE people (id INT PRIMARY KEY, email TEXT, name TEXT, UNIQUE (name, email))"
+    )
+    with two_apps(engine, tmp_path, crm_ddl):
         spec = {**PEOPLE, "name": "people2", "partitions": 2}
         with pytest.warns(UniqueOrderWarning) as caught:
             engine.submit_map(spec)
@@ -452,12 +484,6 @@ def test_a_map_on_several_partitions_over_a_unique_index_warns_naming_it(
         with pytest.warns(UniqueOrderWarning) as caught:
             engine.submit_map(one_way)
         assert [str(w.message).split(" has ")[0] for w in caught] == ["map 'people3': crm.people"]
-    finally:
-        for name in {"people2", "people3"} & set(engine.status()):
-            engine.remove_map(name)
-        for app in (erp, crm):
-            app.conn.close()
-            app.db.close()
 
 
 @pytest.mark.ray
@@ -468,24 +494,10 @@ def test_rows_displaced_across_two_partitions_land_by_retrying(engine: Any, tmp_
     of partition 0). Each partition's batch lands in a transaction of its own, so whichever
     lands first is refused on values the other's deletes free: those records are written
     again once it has. Both sides end equal, no error is logged, status() counts retries."""
-    from engine.pipeline import partition_of
-
-    (tmp_path / "erp").mkdir()
-    (tmp_path / "crm").mkdir()
-    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
-    crm = SqliteApp(tmp_path / "crm", SQLITE_TABLES["rowid"])
-    by_part: list[list[int]] = [[], []]
-    for i in range(10, 1000):
-        by_part[partition_of([i], 2)].append(i)
-    zero, one = by_part[0][:10], by_part[1][:10]
+    zero, one = ids_by_partition(10)
     moves = [*zip(zero[:5], one[:5], strict=True), *zip(one[5:], zero[5:], strict=True)]
-    for app in (erp, crm):
-        app.db.executemany(
-            "INSERT INTO people VALUES (?, ?, ?)", [(i, f"e{i}@x", f"n{i}") for i in zero + one]
-        )
-    try:
-        engine.add_app("erp", f"sqlite:///{erp.path}")
-        engine.add_app("crm", f"sqlite:///{crm.path}")
+    rows = [(i, f"e{i}@x", f"n{i}") for i in zero + one]
+    with two_apps(engine, tmp_path, SQLITE_TABLES["rowid"], rows) as (erp, crm):
         with pytest.warns(UniqueOrderWarning):
             engine.submit_map({**PEOPLE, "name": "moves", "partitions": 2})
         engine.play("moves")
@@ -503,12 +515,6 @@ def test_rows_displaced_across_two_partitions_land_by_retrying(engine: Any, tmp_
         assert engine.verify("moves").ok
         right = engine.status()["moves"]["sides"]["right"]
         assert right["retried"] > 0 and right["retrying"] == 0, right
-    finally:
-        if "moves" in engine.status():
-            engine.remove_map("moves")
-        for app in (erp, crm):
-            app.conn.close()
-            app.db.close()
 
 
 @pytest.mark.ray
@@ -520,23 +526,9 @@ def test_a_chain_of_values_moved_across_two_partitions_lands_by_retrying(
     refused on values the other still holds, and only one link can land per round: retries
     go on while some of them land (the count of tries starts again), so the chain ends
     written, with no error."""
-    from engine.pipeline import partition_of
-
-    (tmp_path / "erp").mkdir()
-    (tmp_path / "crm").mkdir()
-    erp = SqliteApp(tmp_path / "erp", SQLITE_TABLES["rowid"])
-    crm = SqliteApp(tmp_path / "crm", SQLITE_TABLES["rowid"])
-    by_part: list[list[int]] = [[], []]
-    for i in range(10, 1000):
-        by_part[partition_of([i], 2)].append(i)
-    chain = [x for pair in zip(by_part[0][:20], by_part[1][:20], strict=True) for x in pair]
-    for app in (erp, crm):
-        app.db.executemany(
-            "INSERT INTO people VALUES (?, ?, ?)", [(i, f"e{i}@x", f"n{i}") for i in chain]
-        )
-    try:
-        engine.add_app("erp", f"sqlite:///{erp.path}")
-        engine.add_app("crm", f"sqlite:///{crm.path}")
+    chain = [x for pair in zip(*ids_by_partition(20), strict=True) for x in pair]
+    rows = [(i, f"e{i}@x", f"n{i}") for i in chain]
+    with two_apps(engine, tmp_path, SQLITE_TABLES["rowid"], rows) as (erp, crm):
         with pytest.warns(UniqueOrderWarning):
             engine.submit_map({**PEOPLE, "name": "chain", "partitions": 2})
         engine.play("chain")
@@ -552,9 +544,3 @@ def test_a_chain_of_values_moved_across_two_partitions_lands_by_retrying(
         assert [e["message"] for e in engine.errors("chain")] == []
         assert crm.rows() == erp.rows()
         assert engine.status()["chain"]["sides"]["right"]["retried"] > 0
-    finally:
-        if "chain" in engine.status():
-            engine.remove_map("chain")
-        for app in (erp, crm):
-            app.conn.close()
-            app.db.close()
